@@ -1,0 +1,3 @@
+//! kaching: a ClickBank Instant Notification receiver.
+
+pub mod ins;
