@@ -1,3 +1,13 @@
-//! kaching: a ClickBank Instant Notification receiver.
+//! kaching: a ClickBank Instant Notification receiver. It authenticates each
+//! notification ([`ins`]), stores it exactly once ([`store`]) before answering
+//! 200 ([`http`]). `main.rs` only calls [`cli::run`].
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
 pub mod ins;
+pub mod rejected;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

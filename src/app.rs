@@ -1,0 +1,85 @@
+//! Wiring: from validated settings to a running server. `main` and the tests
+//! use the same two steps: [`App::build`] (store, migrations, TLS), then
+//! [`App::serve`] on a listener the caller bound, until a shutdown future.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, TlsMode};
+use crate::http::{self, AppState};
+use crate::store::Store;
+
+pub struct App {
+    state: Arc<AppState>,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    grace: Duration,
+}
+
+impl App {
+    /// Connects and migrates the store, loads or makes the TLS certificate.
+    pub async fn build(settings: &Settings) -> anyhow::Result<App> {
+        settings.validate().context("invalid configuration")?;
+        let store = Store::connect(&settings.database)
+            .await
+            .with_context(|| format!("cannot open the database {:?}", settings.database.url))?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
+        tracing::info!(backend = store.backend(), "store: migrated");
+        let tls = http::tls::server_config(&settings.tls, settings.server.listen)?;
+        if settings.tls.mode == TlsMode::Off {
+            tracing::warn!("tls: off; serve only behind a TLS-terminating proxy");
+        }
+        if settings.security.allowed_ips.is_empty() {
+            tracing::warn!(
+                "security: no allowed_ips; any address may post (ClickBank publishes no IP ranges, so this is usual)"
+            );
+        }
+        let state = Arc::new(AppState::new(settings, store)?);
+        let router = http::router(settings, state.clone());
+        Ok(App {
+            state,
+            router,
+            tls,
+            grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Serves until `shutdown` completes, then drains and closes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener
+            .local_addr()
+            .context("cannot read the listening address")?;
+        let token = CancellationToken::new();
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        tracing::info!(
+            %addr,
+            tls = self.tls.is_some(),
+            accounts = self.state.accounts.len(),
+            "http: listening"
+        );
+        http::server::serve(listener, self.tls, self.router, token, self.grace).await;
+        self.state.store.close().await;
+        tracing::info!("kaching: stopped");
+        Ok(())
+    }
+}

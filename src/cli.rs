@@ -1,0 +1,208 @@
+//! The command line: `serve`, `migrate`, `check-config`, `encrypt`,
+//! `decrypt`, `notifications`, `rejected list|reprocess`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::{ins, rejected, shutdown, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kaching",
+    version,
+    about = "A ClickBank Instant Notification (INS) receiver"
+)]
+pub struct Cli {
+    /// Configuration file (default: config/kaching.toml when present).
+    #[arg(long, global = true, env = "KACHING_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the receiver (migrates the database first).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Load and validate the configuration, print it with secrets redacted.
+    CheckConfig,
+    /// Encrypt a plaintext notification into the body ClickBank would POST.
+    Encrypt {
+        #[arg(long, env = "KACHING_SECRET_KEY", hide_env_values = true)]
+        secret_key: String,
+        /// The plaintext JSON (a file, or - for standard input).
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+    /// Print the plaintext of a captured v6+ body.
+    Decrypt {
+        #[arg(long, env = "KACHING_SECRET_KEY", hide_env_values = true)]
+        secret_key: String,
+        /// The captured body (a file, or - for standard input).
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+    /// List the most recent stored notifications.
+    Notifications {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Posts that failed authentication.
+    Rejected {
+        #[command(subcommand)]
+        command: RejectedCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RejectedCommand {
+    /// Show the kept rejected posts, oldest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Try them again with the current keys; store those that now pass.
+    Reprocess,
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Settings> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("cannot open the database {:?}", settings.database.url))?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(store)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Encrypt { secret_key, input } => {
+            let plaintext = read_input(input)?;
+            let text = std::str::from_utf8(&plaintext).context("the plaintext is not UTF-8")?;
+            serde_json::from_str::<serde_json::Value>(text).context("the plaintext is not JSON")?;
+            println!(
+                "{}",
+                ins::encrypt(secret_key, text.trim().as_bytes(), ins::random_iv())
+            );
+            Ok(())
+        }
+        Command::Decrypt { secret_key, input } => {
+            let body = read_input(input)?;
+            let plaintext = ins::decrypt(secret_key, &body)
+                .map_err(|e| anyhow::anyhow!("cannot decrypt: {e}"))?;
+            println!("{plaintext}");
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let settings = load(&cli)?;
+            print!("{}", settings.to_redacted_toml());
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Serve => {
+            let settings = load(&cli)?;
+            telemetry::init(&settings.log);
+            let app = App::build(&settings).await?;
+            let listener = tokio::net::TcpListener::bind(settings.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+            app.serve(listener, shutdown::signal()).await
+        }
+        Command::Migrate => {
+            let settings = load(&cli)?;
+            telemetry::init(&settings.log);
+            let store = open_store(&settings).await?;
+            store.close().await;
+            println!("migrated the {} database", store.backend());
+            Ok(())
+        }
+        Command::Notifications { limit } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings).await?;
+            let rows = store.recent_notifications(*limit).await?;
+            println!(
+                "{:>6}  {:<20}  {:<12}  {:<14}  {:<16}  {:>10} {:<3}  {:>3}  {:>4}",
+                "id", "transaction time", "account", "receipt", "type", "amount", "", "try", "dups"
+            );
+            for r in rows {
+                println!(
+                    "{:>6}  {:<20}  {:<12}  {:<14}  {:<16}  {:>10} {:<3}  {:>3}  {:>4}",
+                    r.id,
+                    r.transaction_time.format("%Y-%m-%d %H:%M:%S"),
+                    r.account,
+                    r.receipt,
+                    r.transaction_type,
+                    r.total_account_amount
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    r.currency.unwrap_or_default(),
+                    r.attempt_count,
+                    r.duplicates,
+                );
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::Rejected { command } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings).await?;
+            match command {
+                RejectedCommand::List { limit } => {
+                    let rows = store.rejected_after(0, *limit).await?;
+                    println!(
+                        "{:>6}  {:<24}  {:<39}  {:<12}  {:>6}  reason",
+                        "id", "received", "source", "account", "bytes"
+                    );
+                    for r in rows {
+                        println!(
+                            "{:>6}  {:<24}  {:<39}  {:<12}  {:>6}  {}",
+                            r.id,
+                            r.received_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                            r.source_ip.unwrap_or_default(),
+                            r.account_hint.unwrap_or_default(),
+                            r.body.len(),
+                            r.reason
+                        );
+                    }
+                }
+                RejectedCommand::Reprocess => {
+                    let done = rejected::reprocess(&settings, &store).await?;
+                    println!(
+                        "stored {}, already stored {}, still rejected {}",
+                        done.stored, done.duplicates, done.still_rejected
+                    );
+                }
+            }
+            store.close().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Settings: one loader in layers (serde defaults, then the TOML file, then
+//! `KACHING__SECTION__KEY` environment variables), then an explicit
+//! [`Settings::validate`] that names the offending key. Secrets stay in
+//! [`SecretString`]s and are redacted wherever settings are printed.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ins::{AccountKey, AccountKeys, AccountName};
+
+/// The key of the demo account in `config/kaching.toml`. It is public (it is in
+/// the README), so the daemon refuses to use it on anything but loopback.
+pub const DEMO_SECRET_KEY: &str = "KACHINGDEMOKEY01";
+
+/// The file used when neither `--config` nor `KACHING_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "config/kaching.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub database: DatabaseSettings,
+    pub security: SecuritySettings,
+    pub accounts: Vec<AccountSettings>,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub ins_path: String,
+    pub max_body_bytes: usize,
+    /// Whole-request bound (headers, body, store), so a slow client cannot
+    /// hold a connection and a worker forever.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            ins_path: "/ins".into(),
+            // A v6 notification is 1–4 KiB; a large cart stays far below 64 KiB.
+            max_body_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    SelfSigned,
+    Files,
+    Off,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// Where `self-signed` keeps the certificate it generated on first start.
+    pub self_signed_dir: PathBuf,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::SelfSigned,
+            cert_path: None,
+            key_path: None,
+            self_signed_dir: PathBuf::from("data/tls"),
+        }
+    }
+}
+
+/// A database URL: printed and debugged with its password replaced.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("redacted"));
+                u.to_string()
+            }
+            Ok(_) => self.0.clone(),
+            Err(_) => "(unparsable url)".into(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    pub max_connections: u32,
+    /// Bound on one commit. ClickBank is reported to give up after ~3 s, so a
+    /// store that cannot commit within 2.5 s answers 503 and ClickBank retries.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl("sqlite://data/kaching.db".into()),
+            max_connections: 10,
+            commit_timeout_ms: 2_500,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    #[serde(deserialize_with = "de_nets")]
+    pub allowed_ips: Vec<IpNet>,
+    #[serde(deserialize_with = "de_nets")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Rejected posts kept for `kaching rejected`; older ones are dropped so
+    /// that a flood of forged posts cannot fill the disk.
+    pub rejected_max_rows: u32,
+    /// Authentication failures allowed per source address per minute before it
+    /// gets 429: a legacy cverify is only 32 bits.
+    pub max_auth_failures_per_minute: u32,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            allowed_ips: Vec::new(),
+            trusted_proxies: Vec::new(),
+            rejected_max_rows: 10_000,
+            max_auth_failures_per_minute: 60,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountSettings {
+    pub name: String,
+    #[serde(serialize_with = "ser_redacted_opt")]
+    pub secret_key: Option<SecretString>,
+    pub secret_key_env: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_redacted_vec")]
+    pub previous_secret_keys: Vec<SecretString>,
+    pub legacy_cverify: bool,
+    /// Empty = HMAC mode off for this account.
+    pub hmac_header: String,
+    #[serde(deserialize_with = "de_nets")]
+    pub allowed_ips: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Accepts CIDRs (`10.0.0.0/8`) and bare addresses (`203.0.113.7`).
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
+}
+
+fn de_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    // The environment layer hands over a comma-separated string, files a list.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Nets {
+        List(Vec<String>),
+        One(String),
+    }
+    let items = match Nets::deserialize(d)? {
+        Nets::List(v) => v,
+        Nets::One(s) => s
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    items
+        .iter()
+        .map(|s| parse_net(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn ser_redacted_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_redacted_vec<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| "[redacted]"))
+}
+
+impl Settings {
+    /// Loads the layers. `path` is the user's file; when it is `None` the
+    /// default file is used if it exists.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        match path {
+            Some(p) => builder = builder.add_source(config::File::from(p).required(true)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                builder = builder.add_source(config::File::with_name(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("KACHING")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// Checks everything that can be checked before serving, so that a mistake
+    /// shows at boot and not as a 503 on the first notification.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if !s.ins_path.starts_with('/') || s.ins_path.len() < 2 || s.ins_path.ends_with('/') {
+            return Err(invalid(
+                "server.ins_path",
+                "must start with `/`, not end with `/`, and not be `/` alone",
+            ));
+        }
+        if s.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if s.request_timeout_ms == 0 {
+            return Err(invalid("server.request_timeout_ms", "must be positive"));
+        }
+        match self.tls.mode {
+            TlsMode::Files => match (&self.tls.cert_path, &self.tls.key_path) {
+                (None, _) => {
+                    return Err(invalid(
+                        "tls.cert_path",
+                        "is required when tls.mode = \"files\"",
+                    ))
+                }
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "tls.key_path",
+                        "tls.cert_path is set but tls.key_path is missing",
+                    ))
+                }
+                (Some(c), Some(k)) => {
+                    for (key, p) in [("tls.cert_path", c), ("tls.key_path", k)] {
+                        if !p.is_file() {
+                            return Err(invalid(
+                                key,
+                                format!("`{}` is not a readable file", p.display()),
+                            ));
+                        }
+                    }
+                }
+            },
+            TlsMode::SelfSigned | TlsMode::Off => {}
+        }
+        let db = &self.database;
+        if !db.url.is_postgres() && !db.url.is_sqlite() {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if db.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if db.commit_timeout_ms == 0 {
+            return Err(invalid("database.commit_timeout_ms", "must be positive"));
+        }
+        if self.security.max_auth_failures_per_minute == 0 {
+            return Err(invalid(
+                "security.max_auth_failures_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if self.accounts.is_empty() {
+            return Err(invalid(
+                "accounts",
+                "no [[accounts]] configured: kaching could authenticate nothing",
+            ));
+        }
+        self.account_keys()?;
+        let loopback = self.server.listen.ip().is_loopback();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if self.accounts[..i].iter().any(|b| b.name == a.name) {
+                return Err(invalid(
+                    format!("accounts[{i}].name"),
+                    format!("`{}` is used twice", a.name),
+                ));
+            }
+            let uses_demo = a
+                .secrets(i)?
+                .iter()
+                .any(|k| k.expose_secret() == DEMO_SECRET_KEY);
+            if uses_demo && !loopback {
+                return Err(invalid(
+                    format!("accounts[{i}].secret_key"),
+                    format!(
+                        "the demo key is public; refusing to use it on {} (use a loopback address or your own key)",
+                        self.server.listen
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every account's keys (inline, environment variable or file).
+    pub fn account_keys(&self) -> Result<Vec<AccountKeys>, ConfigError> {
+        self.accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a.resolve(i))
+            .collect()
+    }
+
+    /// The effective settings as TOML, secrets and passwords redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
+    }
+}
+
+impl AccountSettings {
+    /// The current key first, then the previous ones.
+    fn secrets(&self, i: usize) -> Result<Vec<SecretString>, ConfigError> {
+        let key = |k: &str| format!("accounts[{i}].{k}");
+        let current: SecretString = match (
+            &self.secret_key,
+            &self.secret_key_env,
+            &self.secret_key_file,
+        ) {
+            (Some(k), None, None) => k.clone(),
+            (None, Some(var), None) => {
+                std::env::var(var).map(SecretString::from).map_err(|_| {
+                    invalid(
+                        key("secret_key_env"),
+                        format!("environment variable `{var}` is not set"),
+                    )
+                })?
+            }
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| SecretString::from(s.trim().to_owned()))
+                .map_err(|e| {
+                    invalid(
+                        key("secret_key_file"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
+                })?,
+            _ => {
+                return Err(invalid(
+                    key("secret_key"),
+                    "set exactly one of secret_key, secret_key_env, secret_key_file",
+                ))
+            }
+        };
+        check_secret(&current).map_err(|m| invalid(key("secret_key"), m))?;
+        let mut all = vec![current];
+        for (j, k) in self.previous_secret_keys.iter().enumerate() {
+            check_secret(k).map_err(|m| invalid(key(&format!("previous_secret_keys[{j}]")), m))?;
+            all.push(k.clone());
+        }
+        Ok(all)
+    }
+
+    fn resolve(&self, i: usize) -> Result<AccountKeys, ConfigError> {
+        let name = AccountName::parse(&self.name)
+            .map_err(|e| invalid(format!("accounts[{i}].name"), e))?;
+        let hmac_header = match self.hmac_header.trim() {
+            "" => None,
+            h if h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Some(h.to_ascii_lowercase())
+            }
+            h => {
+                return Err(invalid(
+                    format!("accounts[{i}].hmac_header"),
+                    format!("`{h}` is not a header name"),
+                ))
+            }
+        };
+        Ok(AccountKeys {
+            name,
+            keys: self.secrets(i)?.into_iter().map(AccountKey::new).collect(),
+            legacy_cverify: self.legacy_cverify,
+            hmac_header,
+        })
+    }
+}
+
+/// ClickBank's keys are up to 16 upper-case letters and digits; anything else is
+/// almost certainly a paste error (a trailing space, the account's nickname…).
+fn check_secret(k: &SecretString) -> Result<(), String> {
+    let k = k.expose_secret();
+    if k.is_empty() {
+        return Err("is empty".into());
+    }
+    if k.len() > 64 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces, at most 64 characters".into());
+    }
+    Ok(())
+}

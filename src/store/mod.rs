@@ -1,0 +1,244 @@
+//! Storage: one small interface over a Postgres and a SQLite implementation,
+//! chosen by the URL scheme. The database is the truth: a notification is
+//! acknowledged only after [`Store::record`] has committed it, and the unique
+//! dedup key in the schema (not the application) makes it exactly-once.
+
+mod postgres;
+mod sqlite;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::config::DatabaseSettings;
+use crate::ins::{AccountName, BodyForm, Notification};
+
+pub use self::postgres::PgStore;
+pub use self::sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database did not commit within {0:?}")]
+    Timeout(Duration),
+    #[error("unsupported database url (want sqlite:// or postgres://)")]
+    UnsupportedUrl,
+}
+
+/// A notification that passed authentication, about to be stored.
+#[derive(Debug)]
+pub struct NewNotification<'a> {
+    pub account: &'a AccountName,
+    pub form: BodyForm,
+    pub notification: &'a Notification,
+    pub source_ip: Option<IpAddr>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// What [`Store::record`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// First copy: a new row.
+    New { id: i64 },
+    /// A copy of a stored notification (a ClickBank retry, a replay).
+    /// `differs` is true when it differs from the stored one in more than
+    /// `attemptCount`, which a genuine retry never does.
+    Duplicate {
+        id: i64,
+        duplicates: i64,
+        differs: bool,
+    },
+}
+
+/// A post that failed authentication.
+#[derive(Debug)]
+pub struct NewRejected<'a> {
+    pub received_at: DateTime<Utc>,
+    pub source_ip: Option<IpAddr>,
+    pub account_hint: Option<&'a str>,
+    pub reason: &'a str,
+    pub body: &'a [u8],
+    pub signature: Option<&'a str>,
+}
+
+/// A stored notification, as listed by `kaching notifications` and the tests.
+#[derive(Debug, Clone)]
+pub struct StoredNotification {
+    pub id: i64,
+    pub account: String,
+    pub role: String,
+    pub receipt: String,
+    pub transaction_type: String,
+    pub transaction_time: DateTime<Utc>,
+    pub total_account_amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub version: Option<String>,
+    pub attempt_count: i32,
+    pub form: String,
+    pub payload: String,
+    pub source_ip: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub duplicates: i64,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RejectedRow {
+    pub id: i64,
+    pub received_at: DateTime<Utc>,
+    pub source_ip: Option<String>,
+    pub account_hint: Option<String>,
+    pub reason: String,
+    pub body: Vec<u8>,
+    pub signature: Option<String>,
+}
+
+/// The store, Postgres or SQLite. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Connects (creating a SQLite file and its folder if missing). Does not migrate.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        let timeout = Duration::from_millis(settings.commit_timeout_ms);
+        if settings.url.is_postgres() {
+            Ok(Store::Postgres(
+                PgStore::connect(settings.url.expose(), settings.max_connections, timeout).await?,
+            ))
+        } else if settings.url.is_sqlite() {
+            Ok(Store::Sqlite(
+                SqliteStore::connect(settings.url.expose(), settings.max_connections, timeout)
+                    .await?,
+            ))
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.migrate().await,
+            Store::Sqlite(s) => s.migrate().await,
+        }
+    }
+
+    /// Stores a notification once: inserts it, or counts a duplicate. Returns
+    /// only after the commit.
+    pub async fn record(&self, n: &NewNotification<'_>) -> Result<Recorded, StoreError> {
+        let (id, duplicates, stored_payload) = match self {
+            Store::Postgres(s) => s.record(n).await?,
+            Store::Sqlite(s) => s.record(n).await?,
+        };
+        Ok(match stored_payload {
+            Some(stored) if duplicates > 0 => Recorded::Duplicate {
+                id,
+                duplicates,
+                differs: payload_differs(&stored, &n.notification.payload),
+            },
+            _ => Recorded::New { id },
+        })
+    }
+
+    /// Keeps a rejected post, dropping the oldest beyond `max_rows`.
+    pub async fn record_rejected(
+        &self,
+        r: &NewRejected<'_>,
+        max_rows: u32,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.record_rejected(r, max_rows).await,
+            Store::Sqlite(s) => s.record_rejected(r, max_rows).await,
+        }
+    }
+
+    /// Rejected posts with an id above `after_id`, oldest first.
+    pub async fn rejected_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<RejectedRow>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.rejected_after(after_id, limit).await,
+            Store::Sqlite(s) => s.rejected_after(after_id, limit).await,
+        }
+    }
+
+    pub async fn delete_rejected(&self, id: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.delete_rejected(id).await,
+            Store::Sqlite(s) => s.delete_rejected(id).await,
+        }
+    }
+
+    /// The most recent notifications, newest first.
+    pub async fn recent_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<StoredNotification>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.recent_notifications(limit).await,
+            Store::Sqlite(s) => s.recent_notifications(limit).await,
+        }
+    }
+
+    /// A trivial query: is the database reachable?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.ping().await,
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(s) => s.close().await,
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// True when two payloads differ in more than `attemptCount`. Compared as
+/// JSON so that key order and white space do not count.
+fn payload_differs(stored: &str, new: &str) -> bool {
+    fn normalise(s: &str) -> Option<serde_json::Value> {
+        let mut v: serde_json::Value = serde_json::from_str(s).ok()?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("attemptCount");
+        }
+        Some(v)
+    }
+    match (normalise(stored), normalise(new)) {
+        (Some(a), Some(b)) => a != b,
+        _ => stored != new,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::payload_differs;
+
+    #[test]
+    fn a_retry_differs_only_in_attempt_count() {
+        let a = r#"{"receipt":"A","attemptCount":1,"totalAccountAmount":1.00}"#;
+        let b = r#"{"totalAccountAmount":1.00, "receipt":"A","attemptCount":3}"#;
+        assert!(!payload_differs(a, b));
+        let c = r#"{"receipt":"A","attemptCount":2,"totalAccountAmount":2.00}"#;
+        assert!(payload_differs(a, c));
+    }
+}

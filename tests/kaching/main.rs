@@ -1,0 +1,10 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+//! Integration tests: the real server, over real TLS, on a real socket,
+//! against SQLite and the real Postgres server. `TEST_LOG=1` shows the logs.
+
+mod support;
+
+mod cli;
+mod ingest;
+mod security;
+mod store_down;
