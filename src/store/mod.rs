@@ -30,6 +30,9 @@ pub enum StoreError {
     UnsupportedUrl,
 }
 
+const SELECT_BY_RECEIPT_PREFIX: &str =
+    "SELECT receipt, transaction_type, duplicates FROM notifications WHERE receipt LIKE $1";
+
 /// A notification that passed authentication, about to be stored.
 #[derive(Debug)]
 pub struct NewNotification<'a> {
@@ -195,6 +198,29 @@ impl Store {
             Store::Postgres(s) => s.recent_notifications(limit).await,
             Store::Sqlite(s) => s.recent_notifications(limit).await,
         }
+    }
+
+    /// Receipt, type and duplicate count of every notification whose receipt
+    /// starts with `prefix` (for the benchmark's exactly-once check).
+    pub async fn receipts_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
+        Ok(match self {
+            Store::Postgres(s) => {
+                sqlx::query_as(SELECT_BY_RECEIPT_PREFIX)
+                    .bind(pattern)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+            Store::Sqlite(s) => {
+                sqlx::query_as(SELECT_BY_RECEIPT_PREFIX)
+                    .bind(pattern)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+        })
     }
 
     /// A trivial query: is the database reachable?
