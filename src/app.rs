@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, TlsMode};
 use crate::http::{self, AppState};
-use crate::store::Store;
+use crate::store::{Store, Writer};
 
 pub struct App {
     state: Arc<AppState>,
+    writers: tokio::task::JoinSet<()>,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     grace: Duration,
@@ -42,10 +43,12 @@ impl App {
                 "security: no allowed_ips; any address may post (ClickBank publishes no IP ranges, so this is usual)"
             );
         }
-        let state = Arc::new(AppState::new(settings, store)?);
+        let (writer, writers) = Writer::spawn(store.clone());
+        let state = Arc::new(AppState::new(settings, store, writer)?);
         let router = http::router(settings, state.clone());
         Ok(App {
             state,
+            writers,
             router,
             tls,
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
@@ -78,7 +81,19 @@ impl App {
             "http: listening"
         );
         http::server::serve(listener, self.tls, self.router, token, self.grace).await;
-        self.state.store.close().await;
+        // The writers stop once the last request holding a handle is gone.
+        let store = self.state.store.clone();
+        drop(self.state);
+        let mut writers = self.writers;
+        if tokio::time::timeout(self.grace, async {
+            while writers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("store: writers did not finish in time");
+        }
+        store.close().await;
         tracing::info!("kaching: stopped");
         Ok(())
     }

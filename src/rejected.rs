@@ -44,17 +44,18 @@ pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Rep
                     continue;
                 }
             };
+            let receipt = auth.notification.receipt.clone();
             let new = NewNotification {
-                account: &auth.account,
+                account: auth.account,
                 form: auth.form,
-                notification: &auth.notification,
+                notification: std::sync::Arc::new(auth.notification),
                 source_ip: row.source_ip.as_deref().and_then(|ip| ip.parse().ok()),
                 received_at: Utc::now(),
             };
-            match store.record(&new).await? {
+            match store.record(new).await? {
                 Recorded::New { id } => {
                     summary.stored += 1;
-                    tracing::info!(rejected_id = row.id, id, receipt = %auth.notification.receipt, "rejected: stored");
+                    tracing::info!(rejected_id = row.id, id, %receipt, "rejected: stored");
                 }
                 Recorded::Duplicate { id, .. } => {
                     summary.duplicates += 1;

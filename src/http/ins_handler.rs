@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::server::Peer;
 use super::{client_ip, AppState, IngestError};
-use crate::ins::{self, AccountKeys, Authenticated, InsError};
+use crate::ins::{self, AccountKeys, InsError};
 use crate::store::{NewNotification, NewRejected, Recorded, StoreError};
 
 pub async fn receive_any(
@@ -46,16 +46,16 @@ async fn receive(
     let started = Instant::now();
     let ip = client_ip::resolve(peer.0.ip(), headers, &state.trusted_proxies);
     match ingest(state, ip, account.as_deref(), headers, body).await {
-        Ok((auth, recorded)) => {
+        Ok((auth, key_index, recorded)) => {
             let n = &auth.notification;
             let (outcome, id) = match &recorded {
                 Recorded::New { id } => ("accepted", *id),
                 Recorded::Duplicate { id, .. } => ("duplicate", *id),
             };
-            let key = if auth.key_index == 0 {
+            let key = if key_index == 0 {
                 "current".to_owned()
             } else {
-                format!("previous[{}]", auth.key_index - 1)
+                format!("previous[{}]", key_index - 1)
             };
             tracing::info!(
                 outcome,
@@ -109,7 +109,7 @@ async fn ingest(
     account: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Authenticated, Recorded), IngestError> {
+) -> Result<(NewNotification, usize, Recorded), IngestError> {
     let received_at = Utc::now();
     if !state.allowed_ips.is_empty() && !client_ip::contains(&state.allowed_ips, ip) {
         return Err(IngestError::SourceNotAllowed);
@@ -161,18 +161,19 @@ async fn ingest(
         }
     };
     let new = NewNotification {
-        account: &auth.account,
+        account: auth.account,
         form: auth.form,
-        notification: &auth.notification,
+        notification: Arc::new(auth.notification),
         source_ip: Some(ip),
         received_at,
     };
-    let recorded = tokio::time::timeout(state.commit_timeout, state.store.record(&new))
+    let key_index = auth.key_index;
+    let recorded = tokio::time::timeout(state.commit_timeout, state.writer.record(new.clone()))
         .await
         .map_err(|_| StoreError::Timeout(state.commit_timeout))
         .and_then(|r| r)
         .map_err(IngestError::Unavailable)?;
-    Ok((auth, recorded))
+    Ok((new, key_index, recorded))
 }
 
 /// Best effort: a rejected post is kept for `kaching rejected reprocess`, but

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use crate::config::Settings;
 use crate::ins::AccountKeys;
-use crate::store::Store;
+use crate::store::{Store, Writer};
 
 pub use error::IngestError;
 pub use limiter::FailureLimiter;
@@ -37,6 +37,8 @@ pub struct Account {
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
+    /// Group commit in front of `store`, for the request path.
+    pub writer: Writer,
     pub accounts: Vec<Account>,
     pub by_name: HashMap<String, usize>,
     pub allowed_ips: Vec<IpNet>,
@@ -47,7 +49,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, store: Store) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        writer: Writer,
+    ) -> Result<Self, crate::config::ConfigError> {
         let accounts: Vec<Account> = settings
             .account_keys()?
             .into_iter()
@@ -64,6 +70,7 @@ impl AppState {
             .collect();
         Ok(Self {
             store,
+            writer,
             accounts,
             by_name,
             allowed_ips: settings.security.allowed_ips.clone(),

@@ -1,12 +1,16 @@
 //! Storage: one small interface over a Postgres and a SQLite implementation,
 //! chosen by the URL scheme. The database is the truth: a notification is
-//! acknowledged only after [`Store::record`] has committed it, and the unique
-//! dedup key in the schema (not the application) makes it exactly-once.
+//! acknowledged only after [`Store::record_batch`] has committed it, and the
+//! unique dedup key in the schema (not the application) makes it exactly-once.
+//! [`Writer`] batches concurrent requests into one commit (group commit).
 
 mod postgres;
 mod sqlite;
+mod writer;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +21,7 @@ use crate::ins::{AccountName, BodyForm, Notification};
 
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
+pub use self::writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,22 +33,41 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("unsupported database url (want sqlite:// or postgres://)")]
     UnsupportedUrl,
+    #[error("the store writer has stopped")]
+    WriterStopped,
+    #[error("the database returned no row for a notification of the batch")]
+    MissingRow,
 }
 
 const SELECT_BY_RECEIPT_PREFIX: &str =
     "SELECT receipt, transaction_type, duplicates FROM notifications WHERE receipt LIKE $1";
 
-/// A notification that passed authentication, about to be stored.
-#[derive(Debug)]
-pub struct NewNotification<'a> {
-    pub account: &'a AccountName,
+/// A notification that passed authentication, about to be stored. Owned,
+/// so that it can wait in the [`Writer`]'s queue.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub account: AccountName,
     pub form: BodyForm,
-    pub notification: &'a Notification,
+    pub notification: Arc<Notification>,
     pub source_ip: Option<IpAddr>,
     pub received_at: DateTime<Utc>,
 }
 
-/// What [`Store::record`] did.
+impl NewNotification {
+    /// The dedup key: (account, role, receipt, transaction type, transaction time).
+    fn key(&self) -> (&str, &str, &str, &str, DateTime<Utc>) {
+        let n = &self.notification;
+        (
+            self.account.as_str(),
+            n.role.as_str(),
+            n.receipt.as_str(),
+            n.transaction_type.as_str(),
+            n.transaction_time,
+        )
+    }
+}
+
+/// What storing one notification did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// First copy: a new row.
@@ -51,11 +75,22 @@ pub enum Recorded {
     /// A copy of a stored notification (a ClickBank retry, a replay).
     /// `differs` is true when it differs from the stored one in more than
     /// `attemptCount`, which a genuine retry never does.
-    Duplicate {
-        id: i64,
-        duplicates: i64,
-        differs: bool,
-    },
+    Duplicate { id: i64, differs: bool },
+}
+
+/// One distinct notification of a batch, and how many copies of it the batch holds.
+pub(crate) struct Unique<'a> {
+    pub row: &'a NewNotification,
+    pub copies: i64,
+}
+
+/// What the backend found for one [`Unique`].
+#[derive(Debug)]
+pub(crate) enum Upserted {
+    /// Inserted, with `duplicates = copies - 1`.
+    Inserted(i64),
+    /// Already stored (by an earlier commit): `duplicates += copies`. The stored payload.
+    Existing(i64, String),
 }
 
 /// A post that failed authentication.
@@ -141,21 +176,75 @@ impl Store {
         }
     }
 
-    /// Stores a notification once: inserts it, or counts a duplicate. Returns
+    /// Stores one notification: inserts it, or counts a duplicate. Returns
     /// only after the commit.
-    pub async fn record(&self, n: &NewNotification<'_>) -> Result<Recorded, StoreError> {
-        let (id, duplicates, stored_payload) = match self {
-            Store::Postgres(s) => s.record(n).await?,
-            Store::Sqlite(s) => s.record(n).await?,
+    pub async fn record(&self, row: NewNotification) -> Result<Recorded, StoreError> {
+        let mut out = self.record_batch(std::slice::from_ref(&row)).await?;
+        out.pop().ok_or(StoreError::MissingRow)
+    }
+
+    /// Stores a batch in one transaction and one commit: every distinct
+    /// notification once, copies within the batch and copies of earlier
+    /// commits counted as duplicates. One result per input row, in order.
+    pub async fn record_batch(
+        &self,
+        rows: &[NewNotification],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        // Copies of one notification in one batch are one row with a count:
+        // Postgres cannot upsert the same key twice in one statement.
+        let mut first_of: HashMap<_, usize> = HashMap::with_capacity(rows.len());
+        let mut uniques: Vec<Unique<'_>> = Vec::with_capacity(rows.len());
+        let mut unique_of = Vec::with_capacity(rows.len());
+        for row in rows {
+            let u = *first_of.entry(row.key()).or_insert_with(|| {
+                uniques.push(Unique { row, copies: 0 });
+                uniques.len() - 1
+            });
+            uniques[u].copies += 1;
+            unique_of.push(u);
+        }
+        // One lock order for every writer, so concurrent batches cannot deadlock.
+        let mut order: Vec<usize> = (0..uniques.len()).collect();
+        order.sort_by_key(|&u| uniques[u].row.key());
+        let sorted: Vec<Unique<'_>> = order
+            .iter()
+            .map(|&u| Unique {
+                row: uniques[u].row,
+                copies: uniques[u].copies,
+            })
+            .collect();
+        let upserted = match self {
+            Store::Postgres(s) => s.upsert(&sorted).await?,
+            Store::Sqlite(s) => s.upsert(&sorted).await?,
         };
-        Ok(match stored_payload {
-            Some(stored) if duplicates > 0 => Recorded::Duplicate {
-                id,
-                duplicates,
-                differs: payload_differs(&stored, &n.notification.payload),
-            },
-            _ => Recorded::New { id },
-        })
+        if upserted.len() != sorted.len() {
+            return Err(StoreError::MissingRow);
+        }
+        let mut outcome_of: Vec<Option<&Upserted>> = vec![None; uniques.len()];
+        for (&u, up) in order.iter().zip(&upserted) {
+            outcome_of[u] = Some(up);
+        }
+        let mut seen = vec![false; uniques.len()];
+        rows.iter()
+            .zip(&unique_of)
+            .map(|(row, &u)| {
+                let first = !std::mem::replace(&mut seen[u], true);
+                Ok(match outcome_of[u].ok_or(StoreError::MissingRow)? {
+                    Upserted::Inserted(id) if first => Recorded::New { id: *id },
+                    Upserted::Inserted(id) => Recorded::Duplicate {
+                        id: *id,
+                        differs: payload_differs(
+                            &uniques[u].row.notification.payload,
+                            &row.notification.payload,
+                        ),
+                    },
+                    Upserted::Existing(id, stored) => Recorded::Duplicate {
+                        id: *id,
+                        differs: payload_differs(stored, &row.notification.payload),
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Keeps a rejected post, dropping the oldest beyond `max_rows`.

@@ -7,7 +7,11 @@ use rust_decimal::Decimal;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use super::{NewNotification, NewRejected, RejectedRow, StoreError, StoredNotification};
+use std::collections::HashMap;
+
+use super::{
+    NewNotification, NewRejected, RejectedRow, StoreError, StoredNotification, Unique, Upserted,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -16,15 +20,79 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-/// Shared by both backends: `$n` parameters work in SQLite too.
-pub(super) const INSERT_NOTIFICATION: &str = "\
+/// The columns a new notification row is written with, in bind order.
+pub(super) const NOTIFICATION_COLUMNS: &str = "account, role, receipt, transaction_type, \
+    transaction_time, vendor, affiliate, total_account_amount, total_order_amount, \
+    total_tax_amount, total_shipping_amount, currency, version, attempt_count, form, payload, \
+    source_ip, received_at, last_seen_at, duplicates";
+
+/// A whole batch in one statement: one array per column.
+const INSERT_BATCH: &str = "\
 INSERT INTO notifications (account, role, receipt, transaction_type, transaction_time, vendor, \
     affiliate, total_account_amount, total_order_amount, total_tax_amount, total_shipping_amount, \
-    currency, version, attempt_count, form, payload, source_ip, received_at, last_seen_at) \
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18) \
-ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO UPDATE \
-    SET duplicates = notifications.duplicates + 1, last_seen_at = excluded.last_seen_at \
-RETURNING id, duplicates, CASE WHEN duplicates > 0 THEN payload END AS stored_payload";
+    currency, version, attempt_count, form, payload, source_ip, received_at, last_seen_at, duplicates) \
+SELECT u.account, u.role, u.receipt, u.transaction_type, u.transaction_time, u.vendor, u.affiliate, \
+    u.a1, u.a2, u.a3, u.a4, u.currency, u.version, u.attempt_count, u.form, u.payload, u.source_ip, \
+    u.received_at, u.received_at, u.duplicates \
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], \
+    $7::text[], $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[], $12::text[], \
+    $13::text[], $14::int4[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], $19::int8[]) \
+    AS u(account, role, receipt, transaction_type, transaction_time, vendor, affiliate, a1, a2, a3, \
+    a4, currency, version, attempt_count, form, payload, source_ip, received_at, duplicates) \
+ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO NOTHING \
+RETURNING id, account, role, receipt, transaction_type, transaction_time";
+
+/// Counts copies of notifications stored by earlier commits.
+const COUNT_DUPLICATES: &str = "\
+UPDATE notifications AS n \
+SET duplicates = n.duplicates + u.copies, last_seen_at = GREATEST(n.last_seen_at, u.seen) \
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[], \
+    $7::timestamptz[]) AS u(account, role, receipt, transaction_type, transaction_time, copies, seen) \
+WHERE n.account = u.account AND n.role = u.role AND n.receipt = u.receipt \
+    AND n.transaction_type = u.transaction_type AND n.transaction_time = u.transaction_time \
+RETURNING n.id, n.account, n.role, n.receipt, n.transaction_type, n.transaction_time, n.payload";
+
+type Key = (String, String, String, String, DateTime<Utc>);
+
+/// A row either statement returns: the id and the dedup key (and, for
+/// copies of stored notifications, the stored payload).
+#[derive(sqlx::FromRow)]
+struct Returned {
+    id: i64,
+    account: String,
+    role: String,
+    receipt: String,
+    transaction_type: String,
+    transaction_time: DateTime<Utc>,
+    #[sqlx(default)]
+    payload: Option<String>,
+}
+
+impl Returned {
+    fn into_entry(self) -> (Key, Upserted) {
+        let key = (
+            self.account,
+            self.role,
+            self.receipt,
+            self.transaction_type,
+            self.transaction_time,
+        );
+        match self.payload {
+            Some(p) => (key, Upserted::Existing(self.id, p)),
+            None => (key, Upserted::Inserted(self.id)),
+        }
+    }
+}
+
+/// One bind array: a field of every row.
+fn col<'a, T>(rows: &[&Unique<'a>], f: impl Fn(&'a NewNotification) -> T) -> Vec<T> {
+    rows.iter().map(|u| f(u.row)).collect()
+}
+
+fn key_of(u: &Unique<'_>) -> Key {
+    let (a, r, rc, t, tt) = u.row.key();
+    (a.to_owned(), r.to_owned(), rc.to_owned(), t.to_owned(), tt)
+}
 
 pub(super) const INSERT_REJECTED: &str = "\
 INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature) \
@@ -66,33 +134,56 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn record(
-        &self,
-        n: &NewNotification<'_>,
-    ) -> Result<(i64, i64, Option<String>), StoreError> {
-        let x = n.notification;
-        let row = sqlx::query(INSERT_NOTIFICATION)
-            .bind(n.account.as_str())
-            .bind(x.role.as_str())
-            .bind(x.receipt.as_str())
-            .bind(x.transaction_type.as_str())
-            .bind(x.transaction_time)
-            .bind(x.vendor.as_deref())
-            .bind(x.affiliate.as_deref())
-            .bind(x.total_account_amount)
-            .bind(x.total_order_amount)
-            .bind(x.total_tax_amount)
-            .bind(x.total_shipping_amount)
-            .bind(x.currency.as_deref())
-            .bind(x.version.as_deref())
-            .bind(x.attempt_count)
-            .bind(n.form.as_str())
-            .bind(&x.payload)
-            .bind(n.source_ip.map(|ip| ip.to_string()))
-            .bind(n.received_at)
-            .fetch_one(&self.pool)
+    /// One transaction: insert the new ones in one statement, count the
+    /// copies of already stored ones in another, commit once.
+    pub(super) async fn upsert(&self, rows: &[Unique<'_>]) -> Result<Vec<Upserted>, StoreError> {
+        let all: Vec<&Unique<'_>> = rows.iter().collect();
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<Returned> = sqlx::query_as(INSERT_BATCH)
+            .bind(col(&all, |r| r.account.as_str()))
+            .bind(col(&all, |r| r.notification.role.as_str()))
+            .bind(col(&all, |r| r.notification.receipt.as_str()))
+            .bind(col(&all, |r| r.notification.transaction_type.as_str()))
+            .bind(col(&all, |r| r.notification.transaction_time))
+            .bind(col(&all, |r| r.notification.vendor.as_deref()))
+            .bind(col(&all, |r| r.notification.affiliate.as_deref()))
+            .bind(col(&all, |r| r.notification.total_account_amount))
+            .bind(col(&all, |r| r.notification.total_order_amount))
+            .bind(col(&all, |r| r.notification.total_tax_amount))
+            .bind(col(&all, |r| r.notification.total_shipping_amount))
+            .bind(col(&all, |r| r.notification.currency.as_deref()))
+            .bind(col(&all, |r| r.notification.version.as_deref()))
+            .bind(col(&all, |r| r.notification.attempt_count))
+            .bind(col(&all, |r| r.form.as_str()))
+            .bind(col(&all, |r| r.notification.payload.as_str()))
+            .bind(col(&all, |r| r.source_ip.map(|ip| ip.to_string())))
+            .bind(col(&all, |r| r.received_at))
+            .bind(all.iter().map(|u| u.copies - 1).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
             .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        let mut found: HashMap<Key, Upserted> =
+            inserted.into_iter().map(Returned::into_entry).collect();
+        let existing: Vec<&Unique<'_>> = rows
+            .iter()
+            .filter(|u| !found.contains_key(&key_of(u)))
+            .collect();
+        if !existing.is_empty() {
+            let counted: Vec<Returned> = sqlx::query_as(COUNT_DUPLICATES)
+                .bind(col(&existing, |r| r.account.as_str()))
+                .bind(col(&existing, |r| r.notification.role.as_str()))
+                .bind(col(&existing, |r| r.notification.receipt.as_str()))
+                .bind(col(&existing, |r| r.notification.transaction_type.as_str()))
+                .bind(col(&existing, |r| r.notification.transaction_time))
+                .bind(existing.iter().map(|u| u.copies).collect::<Vec<_>>())
+                .bind(col(&existing, |r| r.received_at))
+                .fetch_all(&mut *tx)
+                .await?;
+            found.extend(counted.into_iter().map(Returned::into_entry));
+        }
+        tx.commit().await?;
+        rows.iter()
+            .map(|u| found.remove(&key_of(u)).ok_or(StoreError::MissingRow))
+            .collect()
     }
 
     pub async fn record_rejected(

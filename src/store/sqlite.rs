@@ -15,9 +15,16 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use super::postgres::{
-    INSERT_NOTIFICATION, INSERT_REJECTED, SELECT_RECENT, SELECT_REJECTED, TRIM_REJECTED,
+    INSERT_REJECTED, NOTIFICATION_COLUMNS, SELECT_RECENT, SELECT_REJECTED, TRIM_REJECTED,
 };
-use super::{NewNotification, NewRejected, RejectedRow, StoreError, StoredNotification};
+use super::{NewRejected, RejectedRow, StoreError, StoredNotification, Unique, Upserted};
+
+/// Counts copies of a notification stored by an earlier commit.
+const COUNT_DUPLICATES: &str = "\
+UPDATE notifications SET duplicates = duplicates + $6, last_seen_at = MAX(last_seen_at, $7) \
+WHERE account = $1 AND role = $2 AND receipt = $3 AND transaction_type = $4 \
+    AND transaction_time = $5 \
+RETURNING id, payload";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -70,33 +77,62 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn record(
-        &self,
-        n: &NewNotification<'_>,
-    ) -> Result<(i64, i64, Option<String>), StoreError> {
-        let x = n.notification;
-        let row = sqlx::query(INSERT_NOTIFICATION)
-            .bind(n.account.as_str())
-            .bind(x.role.as_str())
-            .bind(x.receipt.as_str())
-            .bind(x.transaction_type.as_str())
-            .bind(time_text(x.transaction_time, SecondsFormat::Secs))
-            .bind(x.vendor.as_deref())
-            .bind(x.affiliate.as_deref())
-            .bind(decimal_text(x.total_account_amount))
-            .bind(decimal_text(x.total_order_amount))
-            .bind(decimal_text(x.total_tax_amount))
-            .bind(decimal_text(x.total_shipping_amount))
-            .bind(x.currency.as_deref())
-            .bind(x.version.as_deref())
-            .bind(x.attempt_count)
-            .bind(n.form.as_str())
-            .bind(&x.payload)
-            .bind(n.source_ip.map(|ip| ip.to_string()))
-            .bind(time_text(n.received_at, SecondsFormat::Micros))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    /// One transaction, one commit: SQLite statements are in-process and
+    /// cheap, the commit's fsync is what costs, so a statement per row is fine.
+    pub(super) async fn upsert(&self, rows: &[Unique<'_>]) -> Result<Vec<Upserted>, StoreError> {
+        let insert = format!(
+            "INSERT INTO notifications ({NOTIFICATION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19) \
+             ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO NOTHING \
+             RETURNING id"
+        );
+        let mut out = Vec::with_capacity(rows.len());
+        let mut tx = self.pool.begin().await?;
+        for u in rows {
+            let (row, x) = (u.row, &u.row.notification);
+            let tt = time_text(x.transaction_time, SecondsFormat::Secs);
+            let seen = time_text(row.received_at, SecondsFormat::Micros);
+            let id: Option<i64> = sqlx::query_scalar(&insert)
+                .bind(row.account.as_str())
+                .bind(x.role.as_str())
+                .bind(x.receipt.as_str())
+                .bind(x.transaction_type.as_str())
+                .bind(&tt)
+                .bind(x.vendor.as_deref())
+                .bind(x.affiliate.as_deref())
+                .bind(decimal_text(x.total_account_amount))
+                .bind(decimal_text(x.total_order_amount))
+                .bind(decimal_text(x.total_tax_amount))
+                .bind(decimal_text(x.total_shipping_amount))
+                .bind(x.currency.as_deref())
+                .bind(x.version.as_deref())
+                .bind(x.attempt_count)
+                .bind(row.form.as_str())
+                .bind(&x.payload)
+                .bind(row.source_ip.map(|ip| ip.to_string()))
+                .bind(&seen)
+                .bind(u.copies - 1)
+                .fetch_optional(&mut *tx)
+                .await?;
+            out.push(match id {
+                Some(id) => Upserted::Inserted(id),
+                None => {
+                    let (id, payload): (i64, String) = sqlx::query_as(COUNT_DUPLICATES)
+                        .bind(row.account.as_str())
+                        .bind(x.role.as_str())
+                        .bind(x.receipt.as_str())
+                        .bind(x.transaction_type.as_str())
+                        .bind(&tt)
+                        .bind(u.copies)
+                        .bind(&seen)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Upserted::Existing(id, payload)
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     pub async fn record_rejected(

@@ -7,4 +7,5 @@ mod support;
 mod cli;
 mod ingest;
 mod security;
+mod store;
 mod store_down;

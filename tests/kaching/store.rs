@@ -1,0 +1,183 @@
+//! The store's write path directly: batches, copies within a batch, group
+//! commit under concurrency, and a bad row that must not fail its batch.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use kaching::ins::{self, AccountKey, AccountKeys, AccountName};
+use kaching::store::{NewNotification, Recorded, Store, Writer};
+
+use crate::on_both_backends;
+use crate::support::{plaintext, Backend, TestApp, KEY};
+
+/// Authenticates a plaintext the way the handler does, ready to store.
+fn row(pt: &str) -> NewNotification {
+    let keys = AccountKeys {
+        name: AccountName::parse("acme").unwrap(),
+        keys: vec![AccountKey::new(KEY.to_owned().into())],
+        legacy_cverify: false,
+        hmac_header: None,
+    };
+    let body = ins::encrypt(KEY, pt.as_bytes(), ins::random_iv());
+    let auth = ins::authenticate(body.as_bytes(), &|_| None, &[&keys]).unwrap();
+    NewNotification {
+        account: auth.account,
+        form: auth.form,
+        notification: Arc::new(auth.notification),
+        source_ip: None,
+        received_at: Utc::now(),
+    }
+}
+
+async fn open(
+    backend: Backend,
+) -> Option<(Store, tempfile::TempDir, Option<crate::support::PgDatabase>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, pg) = TestApp::settings(backend, &dir).await?;
+    let store = Store::connect(&settings.database).await.unwrap();
+    store.migrate().await.unwrap();
+    Some((store, dir, pg))
+}
+
+async fn a_batch_stores_each_notification_once_and_counts_copies(backend: Backend) {
+    let Some((store, _dir, _pg)) = open(backend).await else {
+        return;
+    };
+    let t = "2026-11-20T10:00:00-08:00";
+    let a1 = row(&plaintext("BATCH00A", "SALE", t, 1));
+    let a2 = row(&plaintext("BATCH00A", "SALE", t, 2));
+    let b = row(&plaintext("BATCH00B", "SALE", t, 1));
+    let out = store.record_batch(&[a1, a2, b]).await.unwrap();
+    let Recorded::New { id: a } = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        out[1],
+        Recorded::Duplicate {
+            id: a,
+            differs: false
+        }
+    );
+    assert!(matches!(out[2], Recorded::New { id } if id != a));
+
+    // Next batch: a copy of an earlier commit, a changed copy, and a new one.
+    let mut changed = plaintext("BATCH00A", "SALE", t, 3);
+    changed = changed.replace("37.00", "38.00");
+    let out = store
+        .record_batch(&[
+            row(&plaintext("BATCH00A", "SALE", t, 3)),
+            row(&changed),
+            row(&plaintext("BATCH00C", "SALE", t, 1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[0],
+        Recorded::Duplicate {
+            id: a,
+            differs: false
+        }
+    );
+    assert_eq!(
+        out[1],
+        Recorded::Duplicate {
+            id: a,
+            differs: true
+        }
+    );
+    assert!(matches!(out[2], Recorded::New { .. }));
+
+    let rows = store.recent_notifications(10).await.unwrap();
+    let dups: Vec<(String, i64)> = {
+        let mut v: Vec<_> = rows
+            .iter()
+            .map(|r| (r.receipt.clone(), r.duplicates))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        dups,
+        [
+            ("BATCH00A".to_owned(), 3),
+            ("BATCH00B".to_owned(), 0),
+            ("BATCH00C".to_owned(), 0)
+        ]
+    );
+    store.close().await;
+}
+
+async fn group_commit_under_concurrency_stores_everything_exactly_once(backend: Backend) {
+    let Some((store, _dir, _pg)) = open(backend).await else {
+        return;
+    };
+    let (writer, mut tasks) = Writer::spawn(store.clone());
+    let t = "2026-11-20T10:00:00-08:00";
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        // 100 distinct notifications, each sent twice (the second as a retry).
+        let pt = plaintext(&format!("GROUP{:03}", i % 100), "SALE", t, 1 + i / 100);
+        let writer = writer.clone();
+        let r = row(&pt);
+        calls.push(tokio::spawn(async move { writer.record(r).await }));
+    }
+    let mut new = 0;
+    for c in calls {
+        match c.await.unwrap().unwrap() {
+            Recorded::New { .. } => new += 1,
+            Recorded::Duplicate { differs, .. } => assert!(!differs),
+        }
+    }
+    assert_eq!(new, 100);
+    let rows = store.recent_notifications(1000).await.unwrap();
+    assert_eq!(rows.len(), 100);
+    assert!(rows.iter().all(|r| r.duplicates == 1));
+    drop(writer);
+    while tasks.join_next().await.is_some() {}
+    store.close().await;
+}
+
+on_both_backends!(
+    a_batch_stores_each_notification_once_and_counts_copies,
+    group_commit_under_concurrency_stores_everything_exactly_once,
+);
+
+/// Postgres refuses NUL in text: such a row fails, its batch-mates must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgres_refuses_fails_alone_not_its_batch() {
+    let Some((store, _dir, _pg)) = open(Backend::Postgres).await else {
+        return;
+    };
+    let (writer, _tasks) = Writer::spawn(store.clone());
+    let t = "2026-11-20T10:00:00-08:00";
+    let poisoned = plaintext("POISON01", "SALE", t, 1).replace("acmevendor", "acme\\u0000vendor");
+    // Stored together, the bad row fails the whole transaction...
+    let together = store
+        .record_batch(&[row(&plaintext("FINE9999", "SALE", t, 1)), row(&poisoned)])
+        .await;
+    assert!(together.is_err());
+    assert!(store.recent_notifications(10).await.unwrap().is_empty());
+    // ...so the writer retries a failed batch row by row.
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let pt = if i == 25 {
+            poisoned.clone()
+        } else {
+            plaintext(&format!("FINE{i:04}"), "SALE", t, 1)
+        };
+        let writer = writer.clone();
+        let r = row(&pt);
+        calls.push(tokio::spawn(async move { writer.record(r).await }));
+    }
+    let results: Vec<_> = futures_join(calls).await;
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+    assert_eq!(store.recent_notifications(100).await.unwrap().len(), 49);
+}
+
+async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
