@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::{Actions, Dispatcher};
 use crate::config::{Settings, TlsMode};
 use crate::http::{self, AppState};
 use crate::store::{Store, Writer};
@@ -17,6 +18,8 @@ use crate::store::{Store, Writer};
 pub struct App {
     state: Arc<AppState>,
     writers: tokio::task::JoinSet<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     grace: Duration,
@@ -37,6 +40,12 @@ impl App {
         let tls = http::tls::server_config(&settings.tls, settings.server.listen)?;
         if settings.tls.mode == TlsMode::Off {
             tracing::warn!("tls: off; serve only behind a TLS-terminating proxy");
+            if settings.security.trusted_proxies.is_empty() {
+                tracing::warn!(
+                    "security: tls is off but no trusted_proxies: every post will seem to come from the proxy, \
+                     so allowed_ips and the failure limit see one address"
+                );
+            }
         }
         if settings.security.allowed_ips.is_empty() {
             tracing::warn!(
@@ -44,11 +53,18 @@ impl App {
             );
         }
         let (writer, writers) = Writer::spawn(store.clone());
-        let state = Arc::new(AppState::new(settings, store, writer)?);
+        let actions = Arc::new(Actions::from_settings(&settings.actions)?);
+        let token = CancellationToken::new();
+        let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
+        let (dispatch, dispatcher) =
+            Dispatcher::spawn(store.clone(), actions.clone(), token.clone(), grace);
+        let state = Arc::new(AppState::new(settings, store, writer, actions, dispatch)?);
         let router = http::router(settings, state.clone());
         Ok(App {
             state,
             writers,
+            dispatcher,
+            token,
             router,
             tls,
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
@@ -68,7 +84,7 @@ impl App {
         let addr = listener
             .local_addr()
             .context("cannot read the listening address")?;
-        let token = CancellationToken::new();
+        let token = self.token.clone();
         let trigger = token.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -92,6 +108,10 @@ impl App {
         .is_err()
         {
             tracing::warn!("store: writers did not finish in time");
+        }
+        // The dispatcher saw the same token: it stopped claiming and drains itself.
+        if let Err(e) = self.dispatcher.await {
+            tracing::error!(error = %e, "dispatcher: ended abnormally");
         }
         store.close().await;
         tracing::info!("kaching: stopped");

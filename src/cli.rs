@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use chrono::{DateTime, Utc};
+
+use crate::actions::Actions;
 use crate::app::App;
 use crate::config::Settings;
-use crate::store::Store;
+use crate::store::{RunStatus, Store};
 use crate::{ins, rejected, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -60,6 +63,63 @@ pub enum Command {
         #[command(subcommand)]
         command: RejectedCommand,
     },
+    /// Follow-up action runs.
+    Actions {
+        #[command(subcommand)]
+        command: ActionsCommand,
+    },
+    /// Create new runs of an action for stored notifications (for example
+    /// after adding the action). The running daemon executes them.
+    Replay {
+        /// The action to run.
+        #[arg(long)]
+        action: String,
+        /// Transaction time from (RFC 3339, or a date: 2026-11-01).
+        #[arg(long, value_parser = parse_time)]
+        since: DateTime<Utc>,
+        /// Transaction time until, exclusive (default: now).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// Only this transaction type (the action's own filter applies too).
+        #[arg(long = "type")]
+        kind: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// Show runs, newest first.
+    List {
+        #[arg(long, value_enum)]
+        status: Option<RunStatus>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Make runs due again now with a fresh attempt budget: the given ids,
+    /// or every failed one (of one action).
+    Retry {
+        ids: Vec<i64>,
+        #[arg(long, conflicts_with = "ids")]
+        failed: bool,
+        #[arg(long, requires = "failed")]
+        action: Option<String>,
+    },
+}
+
+/// RFC 3339, or a plain date (midnight UTC).
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!("`{s}` is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)")
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +149,14 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
     let settings = Settings::load(cli.config.as_deref())?;
     settings.validate()?;
     Ok(settings)
+}
+
+/// The store as it is, for commands that only read (no migration: they may
+/// run with a read-only role).
+async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("cannot open the database {:?}", settings.database.url))
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -146,7 +214,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Notifications { limit } => {
             let settings = load(&cli)?;
-            let store = open_store(&settings).await?;
+            let store = connect_store(&settings).await?;
             let rows = store.recent_notifications(*limit).await?;
             println!(
                 "{:>6}  {:<20}  {:<12}  {:<14}  {:<16}  {:>10} {:<3}  {:>3}  {:>4}",
@@ -168,6 +236,93 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.duplicates,
                 );
             }
+            store.close().await;
+            Ok(())
+        }
+        Command::Actions { command } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings).await?;
+            match command {
+                ActionsCommand::List {
+                    status,
+                    action,
+                    limit,
+                } => {
+                    let runs = store.list_runs(*status, action.as_deref(), *limit).await?;
+                    println!(
+                        "{:>6}  {:<16}  {:<8}  {:>3}  {:<14}  {:<16}  {:<20}  last error",
+                        "id", "action", "status", "try", "receipt", "type", "next attempt"
+                    );
+                    for r in runs {
+                        println!(
+                            "{:>6}  {:<16}  {:<8}  {:>3}  {:<14}  {:<16}  {:<20}  {}",
+                            r.id,
+                            r.action,
+                            r.status,
+                            r.attempts,
+                            r.receipt,
+                            r.transaction_type,
+                            if r.status == "pending" {
+                                r.next_attempt_at.format("%Y-%m-%d %H:%M:%S").to_string()
+                            } else {
+                                String::new()
+                            },
+                            r.last_error.unwrap_or_default()
+                        );
+                    }
+                }
+                ActionsCommand::Retry {
+                    ids,
+                    failed,
+                    action,
+                } => {
+                    let n = if *failed {
+                        store.retry_failed(action.as_deref(), Utc::now()).await?
+                    } else {
+                        anyhow::ensure!(!ids.is_empty(), "name run ids, or --failed");
+                        store.retry_runs(ids, Utc::now()).await?
+                    };
+                    println!("requeued {n} runs");
+                }
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::Replay {
+            action,
+            since,
+            until,
+            kind,
+        } => {
+            let settings = load(&cli)?;
+            let actions = Actions::from_settings(&settings.actions)?;
+            let act = actions
+                .by_name(action)
+                .with_context(|| format!("no enabled action named `{action}`"))?;
+            let store = open_store(&settings).await?;
+            let until = until.unwrap_or_else(Utc::now);
+            let (mut after, mut matched, mut skipped) = (0i64, Vec::new(), 0usize);
+            loop {
+                let page = store
+                    .notifications_between(*since, until, after, 500)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                for n in &page {
+                    if kind.as_deref().is_none_or(|k| k == n.transaction_type)
+                        && act.matches_stored(n)
+                    {
+                        matched.push(n.id);
+                    } else {
+                        skipped += 1;
+                    }
+                }
+            }
+            let runs = store.create_runs(&matched, action, Utc::now()).await?;
+            println!(
+                "created {} runs of `{action}` ({skipped} notifications in range did not match its filter)",
+                runs.len()
+            );
             store.close().await;
             Ok(())
         }

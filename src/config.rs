@@ -3,6 +3,7 @@
 //! [`Settings::validate`] that names the offending key. Secrets stay in
 //! [`SecretString`]s and are redacted wherever settings are printed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -22,13 +23,13 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/kaching.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load configuration: {0}")]
+    #[error("cannot load configuration")]
     Load(#[from] config::ConfigError),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -43,6 +44,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub security: SecuritySettings,
     pub accounts: Vec<AccountSettings>,
+    pub actions: Vec<ActionSettings>,
     pub log: LogSettings,
 }
 
@@ -101,12 +103,16 @@ impl Default for TlsSettings {
     }
 }
 
-/// A database URL: printed and debugged with its password replaced.
+/// A URL that may carry a password (a database, an SMTP server): printed
+/// and debugged with the password replaced.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct DatabaseUrl(pub String);
+pub struct SecretUrl(pub String);
 
-impl DatabaseUrl {
+/// The database URL.
+pub type DatabaseUrl = SecretUrl;
+
+impl SecretUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -131,13 +137,13 @@ impl DatabaseUrl {
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
 }
 
-impl Serialize for DatabaseUrl {
+impl Serialize for SecretUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.redacted())
     }
@@ -156,7 +162,7 @@ pub struct DatabaseSettings {
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
-            url: DatabaseUrl("sqlite://data/kaching.db".into()),
+            url: SecretUrl("sqlite://data/kaching.db".into()),
             max_connections: 10,
             commit_timeout_ms: 2_500,
         }
@@ -227,6 +233,120 @@ impl Default for LogSettings {
             level: "info".into(),
         }
     }
+}
+
+/// One `[[actions]]` block: the common keys, then each kind's own keys
+/// (checked against `kind` by [`crate::actions::Actions::from_settings`]).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionSettings {
+    pub name: String,
+    /// `webhook`, `email`, `command` or `log`.
+    pub kind: String,
+    pub enabled: bool,
+    pub when: WhenSettings,
+    pub retry: RetrySettings,
+    pub timeout_ms: u64,
+    pub concurrency: u32,
+    // kind = "webhook"
+    pub url: Option<String>,
+    #[serde(serialize_with = "ser_redacted_opt")]
+    pub secret: Option<SecretString>,
+    pub headers: BTreeMap<String, String>,
+    pub include_customer: bool,
+    // kind = "email"
+    pub smtp_url: Option<SecretUrl>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    pub html_body: Option<String>,
+    pub reply_to: Option<String>,
+    // kind = "command"
+    pub program: Option<String>,
+    pub args: Vec<String>,
+    pub working_dir: Option<PathBuf>,
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            kind: String::new(),
+            enabled: true,
+            when: WhenSettings::default(),
+            retry: RetrySettings::default(),
+            timeout_ms: 10_000,
+            concurrency: 4,
+            url: None,
+            secret: None,
+            headers: BTreeMap::new(),
+            include_customer: true,
+            smtp_url: None,
+            from: None,
+            to: None,
+            subject: None,
+            body: None,
+            html_body: None,
+            reply_to: None,
+            program: None,
+            args: Vec::new(),
+            working_dir: None,
+        }
+    }
+}
+
+/// Which notifications an action runs for. Empty lists match everything.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhenSettings {
+    pub types: Vec<String>,
+    pub roles: Vec<String>,
+    pub accounts: Vec<String>,
+    /// Line-item `itemNo`s (legacy: `cproditem`); any one matching is enough.
+    pub items: Vec<String>,
+    /// Exact decimal, compared with `totalAccountAmount` (a string, `"10.00"`, or a number).
+    #[serde(deserialize_with = "de_decimal_text")]
+    pub min_amount: Option<String>,
+    /// TEST and TEST_* notifications (the account's Test button) match only when true.
+    pub include_tests: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Executions before the run is failed (dead-lettered).
+    pub max_attempts: u32,
+    /// Age after which a failing run is failed, e.g. `"3d"`, `"12h"`.
+    pub max_age: String,
+    /// The first retry's delay; each later one doubles (capped at 6 h), with jitter.
+    pub backoff_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 12,
+            max_age: "3d".into(),
+            backoff_ms: 30_000,
+        }
+    }
+}
+
+fn de_decimal_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Amount {
+        Text(String),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(match Option::<Amount>::deserialize(d)? {
+        None => None,
+        Some(Amount::Text(s)) => Some(s),
+        Some(Amount::Int(i)) => Some(i.to_string()),
+        Some(Amount::Float(f)) => Some(f.to_string()),
+    })
 }
 
 /// Accepts CIDRs (`10.0.0.0/8`) and bare addresses (`203.0.113.7`).
@@ -360,6 +480,7 @@ impl Settings {
             ));
         }
         self.account_keys()?;
+        crate::actions::Actions::from_settings(&self.actions)?;
         let loopback = self.server.listen.ip().is_loopback();
         for (i, a) in self.accounts.iter().enumerate() {
             if self.accounts[..i].iter().any(|b| b.name == a.name) {

@@ -1,7 +1,9 @@
 //! kaching: a ClickBank Instant Notification receiver. It authenticates each
 //! notification ([`ins`]), stores it exactly once ([`store`]) before answering
-//! 200 ([`http`]). `main.rs` only calls [`cli::run`].
+//! 200 ([`http`]), then drives follow-up [`actions`]. `main.rs` only calls
+//! [`cli::run`].
 
+pub mod actions;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -1,10 +1,12 @@
 //! `kaching rejected reprocess`: try the kept rejected posts again with the
 //! current keys (for the day a user pasted the wrong key). Those that now
 //! authenticate are stored like any notification (deduplicated) and removed
-//! from the rejected table; the rest stay.
+//! from the rejected table; the rest stay. Their action runs are picked up
+//! by the running daemon's dispatcher.
 
 use chrono::Utc;
 
+use crate::actions::Actions;
 use crate::config::Settings;
 use crate::ins::{self, AccountKeys};
 use crate::store::{NewNotification, Recorded, Store};
@@ -21,6 +23,7 @@ const BATCH: i64 = 500;
 
 pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Reprocessed> {
     let accounts = settings.account_keys()?;
+    let actions = Actions::from_settings(&settings.actions)?;
     let mut summary = Reprocessed::default();
     let mut seen = 0i64;
     loop {
@@ -46,6 +49,7 @@ pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Rep
             };
             let receipt = auth.notification.receipt.clone();
             let new = NewNotification {
+                actions: actions.matching(auth.account.as_str(), &auth.notification),
                 account: auth.account,
                 form: auth.form,
                 notification: std::sync::Arc::new(auth.notification),
@@ -53,7 +57,7 @@ pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Rep
                 received_at: Utc::now(),
             };
             match store.record(new).await? {
-                Recorded::New { id } => {
+                Recorded::New { id, .. } => {
                     summary.stored += 1;
                     tracing::info!(rejected_id = row.id, id, %receipt, "rejected: stored");
                 }

@@ -49,7 +49,7 @@ async fn receive(
         Ok((auth, key_index, recorded)) => {
             let n = &auth.notification;
             let (outcome, id) = match &recorded {
-                Recorded::New { id } => ("accepted", *id),
+                Recorded::New { id, .. } => ("accepted", *id),
                 Recorded::Duplicate { id, .. } => ("duplicate", *id),
             };
             let key = if key_index == 0 {
@@ -161,6 +161,9 @@ async fn ingest(
         }
     };
     let new = NewNotification {
+        actions: state
+            .actions
+            .matching(auth.account.as_str(), &auth.notification),
         account: auth.account,
         form: auth.form,
         notification: Arc::new(auth.notification),
@@ -173,6 +176,9 @@ async fn ingest(
         .map_err(|_| StoreError::Timeout(state.commit_timeout))
         .and_then(|r| r)
         .map_err(IngestError::Unavailable)?;
+    if let Recorded::New { runs, .. } = &recorded {
+        state.dispatcher.notify(runs);
+    }
     Ok((new, key_index, recorded))
 }
 

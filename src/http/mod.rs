@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use ipnet::IpNet;
 
+use crate::actions::{Actions, Dispatcher};
 use crate::config::Settings;
 use crate::ins::AccountKeys;
 use crate::store::{Store, Writer};
@@ -39,6 +40,8 @@ pub struct AppState {
     pub store: Store,
     /// Group commit in front of `store`, for the request path.
     pub writer: Writer,
+    pub actions: Arc<Actions>,
+    pub dispatcher: Dispatcher,
     pub accounts: Vec<Account>,
     pub by_name: HashMap<String, usize>,
     pub allowed_ips: Vec<IpNet>,
@@ -53,6 +56,8 @@ impl AppState {
         settings: &Settings,
         store: Store,
         writer: Writer,
+        actions: Arc<Actions>,
+        dispatcher: Dispatcher,
     ) -> Result<Self, crate::config::ConfigError> {
         let accounts: Vec<Account> = settings
             .account_keys()?
@@ -71,6 +76,8 @@ impl AppState {
         Ok(Self {
             store,
             writer,
+            actions,
+            dispatcher,
             accounts,
             by_name,
             allowed_ips: settings.security.allowed_ips.clone(),

@@ -2,14 +2,22 @@
 //! chosen by the URL scheme. The database is the truth: a notification is
 //! acknowledged only after [`Store::record_batch`] has committed it, and the
 //! unique dedup key in the schema (not the application) makes it exactly-once.
-//! [`Writer`] batches concurrent requests into one commit (group commit).
+//! [`Writer`] batches concurrent requests into one commit (group commit);
+//! `runs` holds the outbox of follow-up actions.
+//!
+//! Most SQL is shared: `$n` parameters work in both, times bind as
+//! `DateTime<Utc>` in both (SQLite keeps sqlx's RFC 3339 text, which sorts
+//! correctly), and amounts are read back `CAST(… AS TEXT)`. Only the batch
+//! insert is written per backend.
 
 mod postgres;
+mod runs;
 mod sqlite;
 mod writer;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +28,27 @@ use crate::config::DatabaseSettings;
 use crate::ins::{AccountName, BodyForm, Notification};
 
 pub use self::postgres::PgStore;
+pub use self::runs::{ActionRef, RunContext, RunOutcome, RunRow, RunStatus};
 pub use self::sqlite::SqliteStore;
 pub use self::writer::Writer;
+
+/// Runs `$body` with `$pool` bound to the backend's pool: the body is
+/// written once and type-checked against each backend.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+            Store::Sqlite(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,10 +64,9 @@ pub enum StoreError {
     WriterStopped,
     #[error("the database returned no row for a notification of the batch")]
     MissingRow,
+    #[error("a stored amount is not a decimal: {0}")]
+    BadAmount(String),
 }
-
-const SELECT_BY_RECEIPT_PREFIX: &str =
-    "SELECT receipt, transaction_type, duplicates FROM notifications WHERE receipt LIKE $1";
 
 /// A notification that passed authentication, about to be stored. Owned,
 /// so that it can wait in the [`Writer`]'s queue.
@@ -51,6 +77,8 @@ pub struct NewNotification {
     pub notification: Arc<Notification>,
     pub source_ip: Option<IpAddr>,
     pub received_at: DateTime<Utc>,
+    /// The actions whose filter matches: each gets a run if the notification is new.
+    pub actions: Vec<ActionRef>,
 }
 
 impl NewNotification {
@@ -70,8 +98,9 @@ impl NewNotification {
 /// What storing one notification did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    /// First copy: a new row.
-    New { id: i64 },
+    /// First copy: a new row, and the action runs created with it
+    /// (run id, index of the action).
+    New { id: i64, runs: Vec<(i64, usize)> },
     /// A copy of a stored notification (a ClickBank retry, a replay).
     /// `differs` is true when it differs from the stored one in more than
     /// `attemptCount`, which a genuine retry never does.
@@ -87,8 +116,8 @@ pub(crate) struct Unique<'a> {
 /// What the backend found for one [`Unique`].
 #[derive(Debug)]
 pub(crate) enum Upserted {
-    /// Inserted, with `duplicates = copies - 1`.
-    Inserted(i64),
+    /// Inserted, with `duplicates = copies - 1`, and its runs.
+    Inserted(i64, Vec<(i64, usize)>),
     /// Already stored (by an earlier commit): `duplicates += copies`. The stored payload.
     Existing(i64, String),
 }
@@ -104,7 +133,8 @@ pub struct NewRejected<'a> {
     pub signature: Option<&'a str>,
 }
 
-/// A stored notification, as listed by `kaching notifications` and the tests.
+/// A stored notification, as listed by `kaching notifications`, the
+/// dispatcher and the tests.
 #[derive(Debug, Clone)]
 pub struct StoredNotification {
     pub id: i64,
@@ -113,7 +143,12 @@ pub struct StoredNotification {
     pub receipt: String,
     pub transaction_type: String,
     pub transaction_time: DateTime<Utc>,
+    pub vendor: Option<String>,
+    pub affiliate: Option<String>,
     pub total_account_amount: Option<Decimal>,
+    pub total_order_amount: Option<Decimal>,
+    pub total_tax_amount: Option<Decimal>,
+    pub total_shipping_amount: Option<Decimal>,
     pub currency: Option<String>,
     pub version: Option<String>,
     pub attempt_count: i32,
@@ -125,7 +160,76 @@ pub struct StoredNotification {
     pub last_seen_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
+/// The columns of [`StoredNotification`], amounts as text (exact in both backends).
+const NOTIFICATION_SELECT: &str = "\
+SELECT id, account, role, receipt, transaction_type, transaction_time, vendor, affiliate, \
+    CAST(total_account_amount AS TEXT) AS total_account_amount, \
+    CAST(total_order_amount AS TEXT) AS total_order_amount, \
+    CAST(total_tax_amount AS TEXT) AS total_tax_amount, \
+    CAST(total_shipping_amount AS TEXT) AS total_shipping_amount, \
+    currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, last_seen_at \
+FROM notifications";
+
+#[derive(sqlx::FromRow)]
+struct NotificationRow {
+    id: i64,
+    account: String,
+    role: String,
+    receipt: String,
+    transaction_type: String,
+    transaction_time: DateTime<Utc>,
+    vendor: Option<String>,
+    affiliate: Option<String>,
+    total_account_amount: Option<String>,
+    total_order_amount: Option<String>,
+    total_tax_amount: Option<String>,
+    total_shipping_amount: Option<String>,
+    currency: Option<String>,
+    version: Option<String>,
+    attempt_count: i32,
+    form: String,
+    payload: String,
+    source_ip: Option<String>,
+    received_at: DateTime<Utc>,
+    duplicates: i64,
+    last_seen_at: DateTime<Utc>,
+}
+
+fn decimal(s: Option<String>) -> Result<Option<Decimal>, StoreError> {
+    s.map(|s| Decimal::from_str(&s).map_err(|_| StoreError::BadAmount(s)))
+        .transpose()
+}
+
+impl TryFrom<NotificationRow> for StoredNotification {
+    type Error = StoreError;
+    fn try_from(r: NotificationRow) -> Result<Self, StoreError> {
+        Ok(StoredNotification {
+            id: r.id,
+            account: r.account,
+            role: r.role,
+            receipt: r.receipt,
+            transaction_type: r.transaction_type,
+            transaction_time: r.transaction_time,
+            vendor: r.vendor,
+            affiliate: r.affiliate,
+            total_account_amount: decimal(r.total_account_amount)?,
+            total_order_amount: decimal(r.total_order_amount)?,
+            total_tax_amount: decimal(r.total_tax_amount)?,
+            total_shipping_amount: decimal(r.total_shipping_amount)?,
+            currency: r.currency,
+            version: r.version,
+            attempt_count: r.attempt_count,
+            form: r.form,
+            payload: r.payload,
+            source_ip: r.source_ip,
+            received_at: r.received_at,
+            duplicates: r.duplicates,
+            last_seen_at: r.last_seen_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RejectedRow {
     pub id: i64,
     pub received_at: DateTime<Utc>,
@@ -147,14 +251,12 @@ impl Store {
     /// Connects (creating a SQLite file and its folder if missing). Does not migrate.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
         let timeout = Duration::from_millis(settings.commit_timeout_ms);
+        let (url, max) = (settings.url.expose(), settings.max_connections);
         if settings.url.is_postgres() {
-            Ok(Store::Postgres(
-                PgStore::connect(settings.url.expose(), settings.max_connections, timeout).await?,
-            ))
+            Ok(Store::Postgres(PgStore::connect(url, max, timeout).await?))
         } else if settings.url.is_sqlite() {
             Ok(Store::Sqlite(
-                SqliteStore::connect(settings.url.expose(), settings.max_connections, timeout)
-                    .await?,
+                SqliteStore::connect(url, max, timeout).await?,
             ))
         } else {
             Err(StoreError::UnsupportedUrl)
@@ -184,8 +286,9 @@ impl Store {
     }
 
     /// Stores a batch in one transaction and one commit: every distinct
-    /// notification once, copies within the batch and copies of earlier
-    /// commits counted as duplicates. One result per input row, in order.
+    /// notification once (with its action runs), copies within the batch and
+    /// copies of earlier commits counted as duplicates. One result per input
+    /// row, in order.
     pub async fn record_batch(
         &self,
         rows: &[NewNotification],
@@ -220,8 +323,8 @@ impl Store {
         if upserted.len() != sorted.len() {
             return Err(StoreError::MissingRow);
         }
-        let mut outcome_of: Vec<Option<&Upserted>> = vec![None; uniques.len()];
-        for (&u, up) in order.iter().zip(&upserted) {
+        let mut outcome_of: Vec<Option<Upserted>> = (0..uniques.len()).map(|_| None).collect();
+        for (&u, up) in order.iter().zip(upserted) {
             outcome_of[u] = Some(up);
         }
         let mut seen = vec![false; uniques.len()];
@@ -229,20 +332,25 @@ impl Store {
             .zip(&unique_of)
             .map(|(row, &u)| {
                 let first = !std::mem::replace(&mut seen[u], true);
-                Ok(match outcome_of[u].ok_or(StoreError::MissingRow)? {
-                    Upserted::Inserted(id) if first => Recorded::New { id: *id },
-                    Upserted::Inserted(id) => Recorded::Duplicate {
-                        id: *id,
-                        differs: payload_differs(
-                            &uniques[u].row.notification.payload,
-                            &row.notification.payload,
-                        ),
+                Ok(
+                    match outcome_of[u].as_mut().ok_or(StoreError::MissingRow)? {
+                        Upserted::Inserted(id, runs) if first => Recorded::New {
+                            id: *id,
+                            runs: std::mem::take(runs),
+                        },
+                        Upserted::Inserted(id, _) => Recorded::Duplicate {
+                            id: *id,
+                            differs: payload_differs(
+                                &uniques[u].row.notification.payload,
+                                &row.notification.payload,
+                            ),
+                        },
+                        Upserted::Existing(id, stored) => Recorded::Duplicate {
+                            id: *id,
+                            differs: payload_differs(stored, &row.notification.payload),
+                        },
                     },
-                    Upserted::Existing(id, stored) => Recorded::Duplicate {
-                        id: *id,
-                        differs: payload_differs(stored, &row.notification.payload),
-                    },
-                })
+                )
             })
             .collect()
     }
@@ -253,10 +361,26 @@ impl Store {
         r: &NewRejected<'_>,
         max_rows: u32,
     ) -> Result<i64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.record_rejected(r, max_rows).await,
-            Store::Sqlite(s) => s.record_rejected(r, max_rows).await,
-        }
+        on_pool!(self, pool => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(r.received_at)
+            .bind(r.source_ip.map(|ip| ip.to_string()))
+            .bind(r.account_hint)
+            .bind(r.reason)
+            .bind(r.body)
+            .bind(r.signature)
+            .fetch_one(pool)
+            .await?;
+            // Ids only grow: keeping the newest is an index range delete.
+            sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - $1")
+                .bind(i64::from(max_rows))
+                .execute(pool)
+                .await?;
+            Ok(id)
+        })
     }
 
     /// Rejected posts with an id above `after_id`, oldest first.
@@ -265,17 +389,21 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<RejectedRow>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.rejected_after(after_id, limit).await,
-            Store::Sqlite(s) => s.rejected_after(after_id, limit).await,
-        }
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT id, received_at, source_ip, account_hint, reason, body, signature \
+             FROM rejected WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
     }
 
     pub async fn delete_rejected(&self, id: i64) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.delete_rejected(id).await,
-            Store::Sqlite(s) => s.delete_rejected(id).await,
-        }
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM rejected WHERE id = $1").bind(id).execute(pool).await?;
+            Ok(())
+        })
     }
 
     /// The most recent notifications, newest first.
@@ -283,10 +411,41 @@ impl Store {
         &self,
         limit: i64,
     ) -> Result<Vec<StoredNotification>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.recent_notifications(limit).await,
-            Store::Sqlite(s) => s.recent_notifications(limit).await,
-        }
+        let sql = format!("{NOTIFICATION_SELECT} ORDER BY id DESC LIMIT $1");
+        let rows: Vec<NotificationRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?);
+        rows.into_iter().map(StoredNotification::try_from).collect()
+    }
+
+    /// One notification by id.
+    pub async fn notification(&self, id: i64) -> Result<Option<StoredNotification>, StoreError> {
+        let sql = format!("{NOTIFICATION_SELECT} WHERE id = $1");
+        let row: Option<NotificationRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        row.map(StoredNotification::try_from).transpose()
+    }
+
+    /// Notifications with a transaction time in `[since, until)` and an id
+    /// above `after_id`, oldest id first (for `kaching replay`, in pages).
+    pub async fn notifications_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredNotification>, StoreError> {
+        let sql = format!(
+            "{NOTIFICATION_SELECT} WHERE transaction_time >= $1 AND transaction_time < $2 \
+             AND id > $3 ORDER BY id LIMIT $4"
+        );
+        let rows: Vec<NotificationRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(since)
+            .bind(until)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(StoredNotification::try_from).collect()
     }
 
     /// Receipt, type and duplicate count of every notification whose receipt
@@ -296,35 +455,24 @@ impl Store {
         prefix: &str,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
-        Ok(match self {
-            Store::Postgres(s) => {
-                sqlx::query_as(SELECT_BY_RECEIPT_PREFIX)
-                    .bind(pattern)
-                    .fetch_all(s.pool())
-                    .await?
-            }
-            Store::Sqlite(s) => {
-                sqlx::query_as(SELECT_BY_RECEIPT_PREFIX)
-                    .bind(pattern)
-                    .fetch_all(s.pool())
-                    .await?
-            }
-        })
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT receipt, transaction_type, duplicates FROM notifications WHERE receipt LIKE $1",
+        )
+        .bind(pattern)
+        .fetch_all(pool)
+        .await?))
     }
 
     /// A trivial query: is the database reachable?
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.ping().await,
-            Store::Sqlite(s) => s.ping().await,
-        }
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
     }
 
     pub async fn close(&self) {
-        match self {
-            Store::Postgres(s) => s.close().await,
-            Store::Sqlite(s) => s.close().await,
-        }
+        on_pool!(self, pool => pool.close().await)
     }
 }
 

@@ -3,15 +3,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Row;
 
 use std::collections::HashMap;
 
-use super::{
-    NewNotification, NewRejected, RejectedRow, StoreError, StoredNotification, Unique, Upserted,
-};
+use super::{NewNotification, StoreError, Unique, Upserted};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -25,6 +21,13 @@ pub(super) const NOTIFICATION_COLUMNS: &str = "account, role, receipt, transacti
     transaction_time, vendor, affiliate, total_account_amount, total_order_amount, \
     total_tax_amount, total_shipping_amount, currency, version, attempt_count, form, payload, \
     source_ip, received_at, last_seen_at, duplicates";
+
+/// The runs of a batch's new notifications, one statement.
+const INSERT_RUNS: &str = "\
+INSERT INTO action_runs (notification_id, action, created_at, next_attempt_at) \
+SELECT u.notification_id, u.action, u.created_at, u.created_at \
+FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS u(notification_id, action, created_at) \
+RETURNING id, notification_id, action";
 
 /// A whole batch in one statement: one array per column.
 const INSERT_BATCH: &str = "\
@@ -79,8 +82,48 @@ impl Returned {
         );
         match self.payload {
             Some(p) => (key, Upserted::Existing(self.id, p)),
-            None => (key, Upserted::Inserted(self.id)),
+            None => (key, Upserted::Inserted(self.id, Vec::new())),
         }
+    }
+}
+
+impl PgStore {
+    /// One run per (new notification, matching action), in the same transaction.
+    async fn insert_runs(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        rows: &[Unique<'_>],
+        found: &mut HashMap<Key, Upserted>,
+    ) -> Result<(), StoreError> {
+        let (mut ids, mut names, mut times, mut index) = (vec![], vec![], vec![], HashMap::new());
+        for u in rows {
+            if let Some(Upserted::Inserted(id, _)) = found.get(&key_of(u)) {
+                for a in &u.row.actions {
+                    ids.push(*id);
+                    names.push(a.name.to_string());
+                    times.push(u.row.received_at);
+                    index.insert((*id, a.name.to_string()), (key_of(u), a.index));
+                }
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let created: Vec<(i64, i64, String)> = sqlx::query_as(INSERT_RUNS)
+            .bind(ids)
+            .bind(names)
+            .bind(times)
+            .fetch_all(&mut **tx)
+            .await?;
+        for (run, notification, action) in created {
+            let (key, action_index) = index
+                .remove(&(notification, action))
+                .ok_or(StoreError::MissingRow)?;
+            if let Some(Upserted::Inserted(_, runs)) = found.get_mut(&key) {
+                runs.push((run, action_index));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -93,23 +136,6 @@ fn key_of(u: &Unique<'_>) -> Key {
     let (a, r, rc, t, tt) = u.row.key();
     (a.to_owned(), r.to_owned(), rc.to_owned(), t.to_owned(), tt)
 }
-
-pub(super) const INSERT_REJECTED: &str = "\
-INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature) \
-VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-
-/// Keeps the newest `$1` rows; ids only grow, so this is an index range delete.
-pub(super) const TRIM_REJECTED: &str =
-    "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - $1";
-
-pub(super) const SELECT_REJECTED: &str = "\
-SELECT id, received_at, source_ip, account_hint, reason, body, signature \
-FROM rejected WHERE id > $1 ORDER BY id LIMIT $2";
-
-pub(super) const SELECT_RECENT: &str = "\
-SELECT id, account, role, receipt, transaction_type, transaction_time, total_account_amount, \
-    currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, last_seen_at \
-FROM notifications ORDER BY id DESC LIMIT $1";
 
 impl PgStore {
     pub async fn connect(
@@ -163,6 +189,7 @@ impl PgStore {
             .await?;
         let mut found: HashMap<Key, Upserted> =
             inserted.into_iter().map(Returned::into_entry).collect();
+        self.insert_runs(&mut tx, rows, &mut found).await?;
         let existing: Vec<&Unique<'_>> = rows
             .iter()
             .filter(|u| !found.contains_key(&key_of(u)))
@@ -184,100 +211,5 @@ impl PgStore {
         rows.iter()
             .map(|u| found.remove(&key_of(u)).ok_or(StoreError::MissingRow))
             .collect()
-    }
-
-    pub async fn record_rejected(
-        &self,
-        r: &NewRejected<'_>,
-        max_rows: u32,
-    ) -> Result<i64, StoreError> {
-        let id: i64 = sqlx::query_scalar(INSERT_REJECTED)
-            .bind(r.received_at)
-            .bind(r.source_ip.map(|ip| ip.to_string()))
-            .bind(r.account_hint)
-            .bind(r.reason)
-            .bind(r.body)
-            .bind(r.signature)
-            .fetch_one(&self.pool)
-            .await?;
-        sqlx::query(TRIM_REJECTED)
-            .bind(i64::from(max_rows))
-            .execute(&self.pool)
-            .await?;
-        Ok(id)
-    }
-
-    pub async fn rejected_after(
-        &self,
-        after_id: i64,
-        limit: i64,
-    ) -> Result<Vec<RejectedRow>, StoreError> {
-        let rows = sqlx::query(SELECT_REJECTED)
-            .bind(after_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RejectedRow {
-                    id: r.try_get(0)?,
-                    received_at: r.try_get(1)?,
-                    source_ip: r.try_get(2)?,
-                    account_hint: r.try_get(3)?,
-                    reason: r.try_get(4)?,
-                    body: r.try_get(5)?,
-                    signature: r.try_get(6)?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn delete_rejected(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM rejected WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn recent_notifications(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<StoredNotification>, StoreError> {
-        let rows = sqlx::query(SELECT_RECENT)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredNotification {
-                    id: r.try_get(0)?,
-                    account: r.try_get(1)?,
-                    role: r.try_get(2)?,
-                    receipt: r.try_get(3)?,
-                    transaction_type: r.try_get(4)?,
-                    transaction_time: r.try_get::<DateTime<Utc>, _>(5)?,
-                    total_account_amount: r.try_get::<Option<Decimal>, _>(6)?,
-                    currency: r.try_get(7)?,
-                    version: r.try_get(8)?,
-                    attempt_count: r.try_get(9)?,
-                    form: r.try_get(10)?,
-                    payload: r.try_get(11)?,
-                    source_ip: r.try_get(12)?,
-                    received_at: r.try_get(13)?,
-                    duplicates: r.try_get(14)?,
-                    last_seen_at: r.try_get(15)?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 }

@@ -26,6 +26,7 @@ fn row(pt: &str) -> NewNotification {
         notification: Arc::new(auth.notification),
         source_ip: None,
         received_at: Utc::now(),
+        actions: Vec::new(),
     }
 }
 
@@ -48,7 +49,7 @@ async fn a_batch_stores_each_notification_once_and_counts_copies(backend: Backen
     let a2 = row(&plaintext("BATCH00A", "SALE", t, 2));
     let b = row(&plaintext("BATCH00B", "SALE", t, 1));
     let out = store.record_batch(&[a1, a2, b]).await.unwrap();
-    let Recorded::New { id: a } = out[0] else {
+    let Recorded::New { id: a, .. } = out[0] else {
         panic!("{out:?}")
     };
     assert_eq!(
@@ -58,7 +59,7 @@ async fn a_batch_stores_each_notification_once_and_counts_copies(backend: Backen
             differs: false
         }
     );
-    assert!(matches!(out[2], Recorded::New { id } if id != a));
+    assert!(matches!(out[2], Recorded::New { id, .. } if id != a));
 
     // Next batch: a copy of an earlier commit, a changed copy, and a new one.
     let mut changed = plaintext("BATCH00A", "SALE", t, 3);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kaching::app::App;
-use kaching::config::{AccountSettings, DatabaseUrl, Settings, TlsMode};
+use kaching::config::{AccountSettings, SecretUrl, Settings, TlsMode};
 use kaching::store::{Store, StoredNotification};
 use secrecy::SecretString;
 use sqlx::Connection;
@@ -172,7 +172,7 @@ impl TestApp {
         s.accounts = vec![account("acme", KEY), account("affil", OTHER_KEY)];
         let pg = match backend {
             Backend::Sqlite => {
-                s.database.url = DatabaseUrl(format!(
+                s.database.url = SecretUrl(format!(
                     "sqlite://{}",
                     dir.path().join("kaching.db").display()
                 ));
@@ -180,7 +180,7 @@ impl TestApp {
             }
             Backend::Postgres => {
                 let db = PgDatabase::create().await?;
-                s.database.url = DatabaseUrl(db.url.clone());
+                s.database.url = SecretUrl(db.url.clone());
                 Some(db)
             }
         };

@@ -1,0 +1,135 @@
+//! `kind = "command"`: run a local program (no shell) with the event JSON on
+//! stdin and `KACHING_*` variables in its environment. Exit 0 is done; a
+//! non-zero exit, a failure to start, or the timeout (the program is killed)
+//! is retried.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Event, Outcome};
+use crate::config::{invalid, ActionSettings, ConfigError};
+
+/// How much of stderr is kept as the run's error.
+const STDERR_KEPT: usize = 500;
+
+#[derive(Debug)]
+pub struct Command {
+    program: PathBuf,
+    args: Vec<String>,
+    working_dir: Option<PathBuf>,
+}
+
+impl Command {
+    pub fn from_settings(
+        s: &ActionSettings,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Self, ConfigError> {
+        let program = s
+            .program
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| invalid(key("program"), "is required for kind = \"command\""))?;
+        let resolved = resolve(Path::new(program)).ok_or_else(|| {
+            invalid(
+                key("program"),
+                format!("`{program}` is not an executable file or on PATH"),
+            )
+        })?;
+        if let Some(dir) = &s.working_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    key("working_dir"),
+                    format!("`{}` is not a directory", dir.display()),
+                ));
+            }
+        }
+        Ok(Command {
+            program: resolved,
+            args: s.args.clone(),
+            working_dir: s.working_dir.clone(),
+        })
+    }
+
+    pub async fn run(&self, event: &Event, timeout: Duration) -> Outcome {
+        let input = match serde_json::to_vec(event) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot encode the event: {e}"),
+                }
+            }
+        };
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env("KACHING_EVENT_ID", &event.id)
+            .env("KACHING_TYPE", &event.kind)
+            .env("KACHING_RECEIPT", &event.receipt)
+            .env("KACHING_ACCOUNT", &event.account)
+            .env(
+                "KACHING_AMOUNT",
+                event.amounts.account.as_deref().unwrap_or(""),
+            )
+            .env("KACHING_CURRENCY", event.currency.as_deref().unwrap_or(""));
+        if let Some(dir) = &self.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::retry(format!("cannot start {}: {e}", self.program.display()))
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A program that ignores its input closes the pipe early: not an error.
+            let _ = stdin.write_all(&input).await;
+        }
+        // On timeout the future is dropped with the child, and kill_on_drop kills it.
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) if out.status.success() => Outcome::Done,
+            Ok(Ok(out)) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: String = stderr
+                    .trim()
+                    .chars()
+                    .rev()
+                    .take(STDERR_KEPT)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                Outcome::retry(format!("{} ({tail})", out.status))
+            }
+            Ok(Err(e)) => Outcome::retry(format!("cannot wait for the program: {e}")),
+            Err(_) => Outcome::retry(format!("killed after {timeout:?}")),
+        }
+    }
+}
+
+/// The program as a path: itself if it has a `/`, else looked up on PATH.
+fn resolve(program: &Path) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        }
+        #[cfg(not(unix))]
+        {
+            p.is_file()
+        }
+    };
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}

@@ -1,0 +1,210 @@
+//! `kind = "webhook"`: POST the event as JSON, signed per the Standard
+//! Webhooks spec when a `secret` is set. 2xx is done; 408, 429, 5xx,
+//! timeouts and connection errors are retried (honouring `Retry-After`);
+//! any other status fails at once. Redirects are followed only to the same
+//! scheme, host and port.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::Sha256;
+
+use super::{Event, Outcome};
+use crate::config::{invalid, ActionSettings, ConfigError};
+
+/// Redirects followed at most, and only within one origin.
+const MAX_REDIRECTS: usize = 5;
+
+pub struct Webhook {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    /// The decoded `whsec_` key.
+    key: Option<SecretBox<Vec<u8>>>,
+    headers: HeaderMap,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("host", &self.url.host_str())
+            .field("signed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    pub fn from_settings(
+        s: &ActionSettings,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Self, ConfigError> {
+        let raw = s
+            .url
+            .as_deref()
+            .ok_or_else(|| invalid(key("url"), "is required for kind = \"webhook\""))?;
+        let url = reqwest::Url::parse(raw)
+            .map_err(|e| invalid(key("url"), format!("`{raw}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid(
+                key("url"),
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        let signing_key = s
+            .secret
+            .as_ref()
+            .map(|secret| {
+                let text = secret.expose_secret();
+                let b64 = text.strip_prefix("whsec_").ok_or_else(|| {
+                    invalid(
+                        key("secret"),
+                        "must be a Standard Webhooks secret: whsec_ and base64",
+                    )
+                })?;
+                STANDARD
+                    .decode(b64)
+                    .map(|k| SecretBox::new(Box::new(k)))
+                    .map_err(|_| invalid(key("secret"), "the part after whsec_ is not base64"))
+            })
+            .transpose()?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &s.headers {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(key("headers"), format!("`{name}` is not a header name")))?;
+            let v = HeaderValue::from_str(value).map_err(|_| {
+                invalid(
+                    key("headers"),
+                    format!("the value of `{name}` is not a header value"),
+                )
+            })?;
+            headers.insert(n, v);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(s.timeout_ms))
+            .user_agent(concat!("kaching/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.origin() == attempt.url().origin());
+                if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+            .build()
+            .map_err(|e| invalid(key("url"), format!("cannot build an HTTP client: {e}")))?;
+        Ok(Webhook {
+            url,
+            client,
+            key: signing_key,
+            headers,
+        })
+    }
+
+    pub async fn send(&self, event: &Event) -> Outcome {
+        let body = match serde_json::to_vec(event) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot encode the event: {e}"),
+                }
+            }
+        };
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", &timestamp);
+        if let Some(key) = &self.key {
+            request = request.header(
+                "webhook-signature",
+                sign(key.expose_secret(), &event.id, &timestamp, &body),
+            );
+        }
+        let response = match request.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => return Outcome::retry(format!("cannot deliver: {}", describe(e))),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Outcome::Done;
+        }
+        let error = format!("the target answered {status}");
+        if status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+        {
+            Outcome::Retry {
+                error,
+                after: retry_after(response.headers()),
+            }
+        } else {
+            Outcome::Failed { error }
+        }
+    }
+}
+
+/// `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` (Standard Webhooks).
+fn sign(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    // HMAC takes keys of any length: new_from_slice cannot fail here.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// Seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+}
+
+/// A transport error without the URL's query (it may hold a token).
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(300)).to_rfc2822();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap().as_secs();
+        assert!((295..=300).contains(&d), "{d}");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

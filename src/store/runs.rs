@@ -1,0 +1,289 @@
+//! The outbox of follow-up actions: runs are created with their notification
+//! (see `record_batch`), claimed under a lease, and finished as done, due
+//! again later, or failed (the dead letter). A claim increments `attempts`,
+//! which then fences the finish: a process whose lease ran out and whose run
+//! was taken over cannot overwrite the newer attempt's result.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{on_pool, NotificationRow, Store, StoreError, StoredNotification, NOTIFICATION_SELECT};
+
+/// An action a new notification gets a run for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRef {
+    /// Index into the configured actions.
+    pub index: usize,
+    pub name: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A run as `kaching actions list` shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: i64,
+    pub notification_id: i64,
+    pub action: String,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub receipt: String,
+    pub transaction_type: String,
+}
+
+/// Everything needed to execute a claimed run.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub id: i64,
+    pub action: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub notification: StoredNotification,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    Done,
+    /// Due again at `at`.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// Given up: the dead letter keeps the error.
+    Failed {
+        error: String,
+    },
+}
+
+const RUN_SELECT: &str = "\
+SELECT r.id, r.notification_id, r.action, r.status, r.attempts, r.created_at, r.next_attempt_at, \
+    r.last_error, r.finished_at, n.receipt, n.transaction_type \
+FROM action_runs r JOIN notifications n ON n.id = r.notification_id";
+
+impl Store {
+    /// Claims one run that is pending and due (the fast path from the
+    /// channel). Returns its new attempt number, or `None` if another
+    /// process or task got it first.
+    pub async fn claim_run(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<i32>, StoreError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar(
+            "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = $3 \
+             WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 RETURNING attempts",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Claims up to `limit` runs of `action` that are due, or whose lease
+    /// has expired (their process died). Postgres skips rows another
+    /// process is claiming, so several daemons can share one database.
+    pub async fn claim_due(
+        &self,
+        action: &str,
+        limit: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i32)>, StoreError> {
+        let lock = match self {
+            Store::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            // One process, and a write transaction locks the whole database.
+            Store::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = $4 \
+             WHERE id IN (SELECT id FROM action_runs WHERE action = $1 \
+                 AND ((status = 'pending' AND next_attempt_at <= $3) \
+                      OR (status = 'running' AND lease_until < $3)) \
+                 ORDER BY next_attempt_at LIMIT $2 {lock}) \
+             RETURNING id, attempts"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql)
+            .bind(action)
+            .bind(limit)
+            .bind(now)
+            .bind(lease_until)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// The run and its notification.
+    pub async fn run_context(&self, id: i64) -> Result<Option<RunContext>, StoreError> {
+        let run: Option<(i64, String, i32, DateTime<Utc>, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, action, attempts, created_at, notification_id FROM action_runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        let Some((id, action, attempts, created_at, notification_id)) = run else {
+            return Ok(None);
+        };
+        let sql = format!("{NOTIFICATION_SELECT} WHERE id = $1");
+        let row: NotificationRow = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(notification_id)
+            .fetch_one(pool)
+            .await?);
+        Ok(Some(RunContext {
+            id,
+            action,
+            attempts,
+            created_at,
+            notification: row.try_into()?,
+        }))
+    }
+
+    /// Records how attempt `attempts` of run `id` ended. False when the run
+    /// is no longer this attempt's (its lease expired and it was taken over).
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        attempts: i32,
+        outcome: &RunOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (status, next, error, finished) = match outcome {
+            RunOutcome::Done => ("done", None, None, Some(now)),
+            RunOutcome::Retry { at, error } => ("pending", Some(*at), Some(error.as_str()), None),
+            RunOutcome::Failed { error } => ("failed", None, Some(error.as_str()), Some(now)),
+        };
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE action_runs SET status = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
+                 last_error = COALESCE($5, last_error), finished_at = $6, lease_until = NULL \
+             WHERE id = $1 AND attempts = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(finished)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Puts runs this process claimed but will not execute (shutdown) back
+    /// to pending, due now, so the next start does not wait for their lease.
+    pub async fn release_run(&self, id: i64, attempts: i32) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE action_runs SET status = 'pending', lease_until = NULL \
+                 WHERE id = $1 AND attempts = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(attempts)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Runs, newest first, optionally of one status and one action.
+    pub async fn list_runs(
+        &self,
+        status: Option<RunStatus>,
+        action: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!(
+            "{RUN_SELECT} WHERE ($1 IS NULL OR r.status = $1) AND ($2 IS NULL OR r.action = $2) \
+             ORDER BY r.id DESC LIMIT $3"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql)
+            .bind(status.map(RunStatus::as_str))
+            .bind(action)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Makes failed (or any finished or pending) runs due now again, with a
+    /// fresh attempt budget. Running ones are left to their process.
+    pub async fn retry_runs(&self, ids: &[i64], now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for id in ids {
+            n += on_pool!(self, pool => sqlx::query(
+                "UPDATE action_runs SET status = 'pending', attempts = 0, next_attempt_at = $2, \
+                     finished_at = NULL, created_at = $2 \
+                 WHERE id = $1 AND status <> 'running'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        }
+        Ok(n)
+    }
+
+    /// Every failed run (of one action, if given) due now again.
+    pub async fn retry_failed(
+        &self,
+        action: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE action_runs SET status = 'pending', attempts = 0, next_attempt_at = $2, \
+                 finished_at = NULL, created_at = $2 \
+             WHERE status = 'failed' AND ($1 IS NULL OR action = $1)",
+        )
+        .bind(action)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
+    /// New runs of `action` for stored notifications (`kaching replay`).
+    pub async fn create_runs(
+        &self,
+        notification_ids: &[i64],
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut runs = Vec::with_capacity(notification_ids.len());
+        for id in notification_ids {
+            let run: i64 = on_pool!(self, pool => sqlx::query_scalar(
+                "INSERT INTO action_runs (notification_id, action, created_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $3) RETURNING id",
+            )
+            .bind(id)
+            .bind(action)
+            .bind(now)
+            .fetch_one(pool)
+            .await?);
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+}
