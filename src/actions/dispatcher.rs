@@ -4,7 +4,10 @@
 //! due (retries, runs created by the CLI, runs whose process died), so the
 //! database stays the truth. Each action has its own concurrency limit, and
 //! a run is claimed only when a slot is free, so a lease never runs out
-//! while a run waits.
+//! while a run waits. Claims and outcomes are written in batches (one
+//! statement claims every waiting hint, a finisher task records outcomes
+//! together), so follow-up work costs the database a few commits per burst,
+//! not two per notification.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,10 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 const CHANNEL: usize = 4096;
 /// A lease outlives the execution's own timeout by this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Slack past an action's own timeout before the dispatcher abandons it.
+const SAFETY_NET: Duration = Duration::from_secs(1);
+/// Hints claimed, and outcomes recorded, per statement at most.
+const BATCH: usize = 512;
 
 /// The handle the request path uses to hint at new runs.
 #[derive(Clone, Debug)]
@@ -57,6 +64,8 @@ impl Dispatcher {
 
 /// Runs claimed by this process and not yet finished, to hand back at shutdown.
 type InFlight = Arc<Mutex<HashSet<(i64, i32)>>>;
+/// Where executions send how they ended.
+type Finished = mpsc::Sender<(i64, i32, RunOutcome)>;
 
 fn lease(action: &Action) -> chrono::Duration {
     chrono::Duration::from_std(action.timeout * 2 + LEASE_MARGIN)
@@ -83,48 +92,34 @@ async fn run(
         .map(|a| Arc::new(Semaphore::new(a.concurrency)))
         .collect();
     let in_flight: InFlight = Arc::default();
+    let (finished, finisher) = {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        (tx, tokio::spawn(record_outcomes(store.clone(), rx)))
+    };
     let mut tasks = JoinSet::new();
     let mut poll = tokio::time::interval(POLL_EVERY);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hints = Vec::with_capacity(BATCH);
+    let mut hints_open = true;
+    let ctx = Ctx {
+        store: &store,
+        actions: &actions,
+        slots: &slots,
+        in_flight: &in_flight,
+        finished: &finished,
+    };
     tracing::info!(actions = slots.len(), "dispatcher: started");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some((id, index)) = rx.recv() => {
-                let (Some(action), Some(slot)) = (actions.get(index), slots.get(index)) else { continue };
-                let Ok(permit) = slot.clone().try_acquire_owned() else { continue };
-                let now = Utc::now();
-                match store.claim_run(id, now, now + lease(action)).await {
-                    Ok(Some(attempts)) => start(&mut tasks, &store, &actions, index, id, attempts, permit, &in_flight),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, run = id, "dispatcher: cannot claim"),
+            n = rx.recv_many(&mut hints, BATCH), if hints_open => {
+                if n == 0 {
+                    hints_open = false;
+                    continue;
                 }
+                claim_hinted(&ctx, &mut tasks, &mut hints).await;
             }
-            _ = poll.tick() => {
-                for action in actions.iter() {
-                    let slot = &slots[action.index];
-                    let free = slot.available_permits();
-                    if free == 0 {
-                        continue;
-                    }
-                    let now = Utc::now();
-                    let claimed = match store.claim_due(&action.name, i64::try_from(free).unwrap_or(1), now, now + lease(action)).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot look for due runs");
-                            continue;
-                        }
-                    };
-                    for (id, attempts) in claimed {
-                        match slot.clone().try_acquire_owned() {
-                            Ok(permit) => start(&mut tasks, &store, &actions, action.index, id, attempts, permit, &in_flight),
-                            Err(_) => {
-                                let _ = store.release_run(id, attempts).await;
-                            }
-                        }
-                    }
-                }
-            }
+            _ = poll.tick() => claim_due(&ctx, &mut tasks).await,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "dispatcher: an execution panicked");
@@ -141,13 +136,17 @@ async fn run(
     if drained.is_err() {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        let left: Vec<(i64, i32)> = in_flight
-            .lock()
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        for (id, attempts) in &left {
-            let _ = store.release_run(*id, *attempts).await;
-        }
+    }
+    drop(finished);
+    let _ = finisher.await;
+    let left: Vec<(i64, i32)> = in_flight
+        .lock()
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default();
+    for (id, attempts) in &left {
+        let _ = store.release_run(*id, *attempts).await;
+    }
+    if !left.is_empty() {
         tracing::warn!(
             released = left.len(),
             "dispatcher: interrupted actions left pending for the next start"
@@ -156,26 +155,132 @@ async fn run(
     tracing::info!("dispatcher: stopped");
 }
 
-#[allow(clippy::too_many_arguments)]
-fn start(
+/// What claiming and starting runs needs.
+struct Ctx<'a> {
+    store: &'a Store,
+    actions: &'a Arc<Actions>,
+    slots: &'a [Arc<Semaphore>],
+    in_flight: &'a InFlight,
+    finished: &'a Finished,
+}
+
+/// Claims the hinted runs that have a free slot, one statement per action.
+/// A hint without a slot is dropped: the poller finds that run later.
+async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<(i64, usize)>) {
+    for action in ctx.actions.iter() {
+        let free = ctx.slots[action.index].available_permits();
+        let ids: Vec<i64> = hints
+            .iter()
+            .filter(|(_, index)| *index == action.index)
+            .map(|(id, _)| *id)
+            .take(free)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let now = Utc::now();
+        match ctx.store.claim_runs(&ids, now, now + lease(action)).await {
+            Ok(claimed) => start_all(ctx, tasks, action, claimed).await,
+            Err(e) => tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot claim"),
+        }
+    }
+    hints.clear();
+}
+
+/// Claims what is due (retries, orphans, runs made by the CLI), up to each
+/// action's free slots.
+async fn claim_due(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>) {
+    for action in ctx.actions.iter() {
+        let free = ctx.slots[action.index].available_permits();
+        if free == 0 {
+            continue;
+        }
+        let now = Utc::now();
+        let limit = i64::try_from(free).unwrap_or(1);
+        match ctx
+            .store
+            .claim_due(&action.name, limit, now, now + lease(action))
+            .await
+        {
+            Ok(claimed) => start_all(ctx, tasks, action, claimed).await,
+            Err(e) => {
+                tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot look for due runs")
+            }
+        }
+    }
+}
+
+async fn start_all(
+    ctx: &Ctx<'_>,
     tasks: &mut JoinSet<()>,
-    store: &Store,
-    actions: &Arc<Actions>,
+    action: &Action,
+    claimed: Vec<(i64, i32)>,
+) {
+    for (id, attempts) in claimed {
+        match ctx.slots[action.index].clone().try_acquire_owned() {
+            Ok(permit) => start(ctx, tasks, action.index, id, attempts, permit),
+            // Cannot happen (we claimed at most the free slots), but never run unbounded.
+            Err(_) => {
+                let _ = ctx.store.release_run(id, attempts).await;
+            }
+        }
+    }
+}
+
+/// Records outcomes in batches; ends when every sender is gone.
+async fn record_outcomes(store: Store, mut rx: mpsc::Receiver<(i64, i32, RunOutcome)>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut tries = 0;
+        loop {
+            match store.finish_runs(&batch, Utc::now()).await {
+                Ok(0) => break,
+                Ok(stale) => {
+                    tracing::warn!(
+                        stale,
+                        "dispatcher: runs were taken over (lease expired) before they finished"
+                    );
+                    break;
+                }
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "dispatcher: cannot record outcomes; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, runs = batch.len(), "dispatcher: cannot record outcomes; the runs will be retried after their lease");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn start(
+    ctx: &Ctx<'_>,
+    tasks: &mut JoinSet<()>,
     index: usize,
     id: i64,
     attempts: i32,
     permit: OwnedSemaphorePermit,
-    in_flight: &InFlight,
 ) {
-    if let Ok(mut s) = in_flight.lock() {
+    if let Ok(mut s) = ctx.in_flight.lock() {
         s.insert((id, attempts));
     }
-    let (store, actions, in_flight) = (store.clone(), actions.clone(), in_flight.clone());
+    let (store, actions, in_flight, finished) = (
+        ctx.store.clone(),
+        ctx.actions.clone(),
+        ctx.in_flight.clone(),
+        ctx.finished.clone(),
+    );
     let span = tracing::info_span!("action", run = id, attempt = attempts);
     tasks.spawn(
         async move {
             if let Some(action) = actions.get(index) {
-                execute(&store, action, id, attempts).await;
+                if let Some(outcome) = execute(&store, action, id, attempts).await {
+                    let _ = finished.send((id, attempts, outcome)).await;
+                }
             }
             if let Ok(mut s) = in_flight.lock() {
                 s.remove(&(id, attempts));
@@ -186,20 +291,22 @@ fn start(
     );
 }
 
-/// One execution of one run, start to recorded finish.
-async fn execute(store: &Store, action: &Action, id: i64, attempts: i32) {
+/// One execution of one run; returns the run's next state.
+async fn execute(store: &Store, action: &Action, id: i64, attempts: i32) -> Option<RunOutcome> {
     let ctx = match store.run_context(id).await {
         Ok(Some(ctx)) => ctx,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             // Leave it running: the lease expires and the poller retries it.
             tracing::warn!(error = %e, "dispatcher: cannot load the run");
-            return;
+            return None;
         }
     };
     let event = action.event(&ctx.notification);
     let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(action.timeout, action.execute(&event))
+    // Each kind enforces `timeout` itself and says how it ended; this bound
+    // is the safety net for one that would hang anyway.
+    let outcome = tokio::time::timeout(action.timeout + SAFETY_NET, action.execute(&event))
         .await
         .unwrap_or_else(|_| super::Outcome::retry(format!("timed out after {:?}", action.timeout)));
     let now = Utc::now();
@@ -216,13 +323,5 @@ async fn execute(store: &Store, action: &Action, id: i64, attempts: i32) {
             tracing::error!(action = %action.name, event = %event.id, receipt = %event.receipt, %error, "action: failed (dead letter)")
         }
     }
-    match store.finish_run(id, attempts, &next, now).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(action = %action.name, "dispatcher: the run was taken over (lease expired) before it finished")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, action = %action.name, "dispatcher: cannot record the outcome; the run will be retried after its lease")
-        }
-    }
+    Some(next)
 }

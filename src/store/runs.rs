@@ -84,24 +84,33 @@ SELECT r.id, r.notification_id, r.action, r.status, r.attempts, r.created_at, r.
 FROM action_runs r JOIN notifications n ON n.id = r.notification_id";
 
 impl Store {
-    /// Claims one run that is pending and due (the fast path from the
-    /// channel). Returns its new attempt number, or `None` if another
-    /// process or task got it first.
-    pub async fn claim_run(
+    /// Claims, in one statement, those of `ids` that are pending and due
+    /// (the fast path from the channel). Returns (id, new attempt number) of
+    /// each claimed; the others were taken by another process or task.
+    pub async fn claim_runs(
         &self,
-        id: i64,
+        ids: &[i64],
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Option<i32>, StoreError> {
-        on_pool!(self, pool => Ok(sqlx::query_scalar(
-            "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = $3 \
-             WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 RETURNING attempts",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(lease_until)
-        .fetch_optional(pool)
-        .await?))
+    ) -> Result<Vec<(i64, i32)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = ",
+            );
+            q.push_bind(lease_until)
+                .push(" WHERE status = 'pending' AND next_attempt_at <= ")
+                .push_bind(now)
+                .push(" AND id IN (");
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            q.push(") RETURNING id, attempts");
+            Ok(q.build_query_as().fetch_all(pool).await?)
+        })
     }
 
     /// Claims up to `limit` runs of `action` that are due, or whose lease
@@ -161,35 +170,65 @@ impl Store {
         }))
     }
 
-    /// Records how attempt `attempts` of run `id` ended. False when the run
-    /// is no longer this attempt's (its lease expired and it was taken over).
-    pub async fn finish_run(
+    /// Records how runs ended, in one transaction: `(id, attempts, outcome)`.
+    /// A run that is no longer that attempt's (its lease expired and it was
+    /// taken over) is left alone; the count of those is returned.
+    pub async fn finish_runs(
         &self,
-        id: i64,
-        attempts: i32,
-        outcome: &RunOutcome,
+        finished: &[(i64, i32, RunOutcome)],
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let (status, next, error, finished) = match outcome {
-            RunOutcome::Done => ("done", None, None, Some(now)),
-            RunOutcome::Retry { at, error } => ("pending", Some(*at), Some(error.as_str()), None),
-            RunOutcome::Failed { error } => ("failed", None, Some(error.as_str()), Some(now)),
-        };
-        let done = on_pool!(self, pool => sqlx::query(
-            "UPDATE action_runs SET status = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
-                 last_error = COALESCE($5, last_error), finished_at = $6, lease_until = NULL \
-             WHERE id = $1 AND attempts = $2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(attempts)
-        .bind(status)
-        .bind(next)
-        .bind(error)
-        .bind(finished)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        Ok(done == 1)
+    ) -> Result<usize, StoreError> {
+        let mut applied = 0u64;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done: Vec<(i64, i32)> = finished
+                .iter()
+                .filter(|(_, _, o)| *o == RunOutcome::Done)
+                .map(|(id, a, _)| (*id, *a))
+                .collect();
+            if !done.is_empty() {
+                // The common case, one statement for the lot.
+                let mut q = sqlx::QueryBuilder::new(
+                    "UPDATE action_runs SET status = 'done', lease_until = NULL, finished_at = ",
+                );
+                q.push_bind(now).push(" WHERE status = 'running' AND (id, attempts) IN (");
+                let mut list = q.separated(", ");
+                for (id, attempts) in &done {
+                    list.push("(");
+                    list.push_bind_unseparated(*id);
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(*attempts);
+                    list.push_unseparated(")");
+                }
+                q.push(")");
+                applied += q.build().execute(&mut *tx).await?.rows_affected();
+            }
+            for (id, attempts, outcome) in finished {
+                let (status, next, error, finished_at) = match outcome {
+                    RunOutcome::Done => continue,
+                    RunOutcome::Retry { at, error } => ("pending", Some(*at), error.as_str(), None),
+                    RunOutcome::Failed { error } => ("failed", None, error.as_str(), Some(now)),
+                };
+                applied += sqlx::query(
+                    "UPDATE action_runs SET status = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
+                         last_error = $5, finished_at = $6, lease_until = NULL \
+                     WHERE id = $1 AND attempts = $2 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(attempts)
+                .bind(status)
+                .bind(next)
+                .bind(error)
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+        });
+        Ok(finished
+            .len()
+            .saturating_sub(usize::try_from(applied).unwrap_or(usize::MAX)))
     }
 
     /// Puts runs this process claimed but will not execute (shutdown) back
