@@ -23,6 +23,8 @@ pub struct Email {
     /// Templates named subject, body and (optional) html_body.
     templates: minijinja::Environment<'static>,
     html: bool,
+    /// The action's name, part of the stable Message-ID.
+    name: String,
 }
 
 impl std::fmt::Debug for Email {
@@ -58,6 +60,10 @@ impl Email {
             .build();
         let from = mailbox(&required(&s.from, "from")?, key("from"))?;
         let to = match required(&s.to, "to")?.as_str() {
+            "customer" if !s.include_customer => return Err(invalid(
+                key("to"),
+                "\"customer\" needs the customer's data: include_customer = false leaves it out",
+            )),
             "customer" => To::Customer,
             addr => To::Fixed(mailbox(addr, key("to"))?),
         };
@@ -68,6 +74,11 @@ impl Email {
             .transpose()?;
         let mut templates = minijinja::Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        // Event data (customer names) is HTML-escaped in the HTML body only.
+        templates.set_auto_escape_callback(|name| match name {
+            "html_body" => minijinja::AutoEscape::Html,
+            _ => minijinja::AutoEscape::None,
+        });
         let template =
             |env: &mut minijinja::Environment<'static>, name: &'static str, src: String| {
                 env.add_template_owned(name, src)
@@ -85,6 +96,7 @@ impl Email {
             reply_to,
             templates,
             html: s.html_body.is_some(),
+            name: s.name.clone(),
         })
     }
 
@@ -126,7 +138,11 @@ impl Email {
             Ok(r) => r,
             Err(error) => return Outcome::Failed { error },
         };
+        // Stable across retries, so a resend after a lost "250 OK" can be
+        // recognised as the same message.
+        let message_id = format!("<{}.{}@{}>", event.id, self.name, self.from.email.domain());
         let mut builder = Message::builder()
+            .message_id(Some(message_id))
             .from(self.from.clone())
             .to(to)
             .subject(subject.trim().replace(['\r', '\n'], " "));

@@ -45,6 +45,8 @@ fn check_config_prints_the_default_config_with_secrets_redacted() {
     );
 }
 
+const ACCT: &str = "[[accounts]]\nname = \"a\"\nsecret_key = \"K\"\n";
+
 #[test]
 fn check_config_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,10 +59,16 @@ fn check_config_names_the_bad_key() {
         ("[server]\nlisen = \"x\"\n", "lisen"),
         ("[database]\nurl = \"mysql://x\"\n[[accounts]]\nname = \"a\"\nsecret_key = \"K\"\n", "database.url"),
         ("", "accounts"),
+        (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"carrier-pigeon\"\n"), "actions[0].kind"),
+        (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"not a url\"\n"), "actions[0].url"),
+        (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"command\"\nprogram = \"/no/such/program\"\n"), "actions[0].program"),
+        (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"log\"\nurl = \"http://x\"\n"), "actions[0].url"),
+        (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"log\"\n[[actions]]\nname = \"a\"\nkind = \"log\"\n"), "actions[1].name"),
+        (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://x\"\nsecret = \"nope\"\n"), "actions[0].secret"),
     ];
-    for (toml, key) in cases {
+    for (toml, key) in cases.iter().map(|(t, k)| (t.to_string(), *k)) {
         let path = dir.path().join("bad.toml");
-        std::fs::write(&path, toml).unwrap();
+        std::fs::write(&path, &toml).unwrap();
         let out = kaching(&["--config", path.to_str().unwrap(), "check-config"], None);
         assert_eq!(out.status.code(), Some(1), "for {toml}");
         let err = text(&out.stderr);

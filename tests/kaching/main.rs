@@ -2,9 +2,14 @@
 //! Integration tests: the real server, over real TLS, on a real socket,
 //! against SQLite and the real Postgres server. `TEST_LOG=1` shows the logs.
 
+mod smtp;
 mod support;
+mod target;
 
+mod actions;
+mod actions_email;
 mod cli;
+mod crash;
 mod ingest;
 mod security;
 mod store;

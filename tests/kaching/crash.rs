@@ -1,0 +1,130 @@
+//! The daemon killed with SIGKILL while its webhook target is down: after a
+//! restart every run completes, and no event is delivered under two ids.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kaching::store::{RunStatus, Store};
+
+use crate::on_both_backends;
+use crate::support::{sale, Backend, TestApp, KEY};
+use crate::target::{eventually, reserve_port, Target};
+
+fn start_daemon(cfg: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kaching"))
+        .args(["--config", cfg.to_str().unwrap(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start kaching")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "the daemon to answer /healthz",
+        || async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+async fn every_run_completes_after_a_sigkill(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((settings, _pg)) = TestApp::settings(backend, &dir).await else {
+        return;
+    };
+    let (listen, target_addr) = (reserve_port(), reserve_port());
+    let cfg = dir.path().join("kaching.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
+             [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
+             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"http://{target_addr}/hook\"\ntimeout_ms = 1000\n\
+             [actions.retry]\nbackoff_ms = 200\n",
+            settings.database.url.expose()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("kaching.log");
+    let base = format!("http://{listen}");
+    let client = reqwest::Client::new();
+
+    let mut daemon = start_daemon(&cfg, &log);
+    wait_healthy(&client, &base).await;
+    let n = 20;
+    for i in 0..n {
+        let r = client
+            .post(format!("{base}/ins"))
+            .body(sale(&format!("KILL{i:04}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let store = Store::connect(&settings.database).await.unwrap();
+    eventually(Duration::from_secs(20), "failed first attempts", || async {
+        let tried = store
+            .list_runs(None, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.attempts >= 1)
+            .count();
+        (tried >= n / 2).then_some(())
+    })
+    .await;
+    daemon.kill().unwrap(); // SIGKILL: no shutdown path runs
+    daemon.wait().unwrap();
+
+    let target = Target::start(target_addr).await;
+    let mut daemon = start_daemon(&cfg, &log);
+    wait_healthy(&client, &base).await;
+    eventually(
+        Duration::from_secs(30),
+        "every run done after the restart",
+        || async {
+            (store
+                .list_runs(Some(RunStatus::Done), None, 100)
+                .await
+                .unwrap()
+                .len()
+                == n)
+                .then_some(())
+        },
+    )
+    .await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+
+    let mut ids_by_receipt: HashMap<String, HashSet<String>> = HashMap::new();
+    for d in target.deliveries() {
+        let receipt = d.json()["receipt"].as_str().unwrap().to_owned();
+        ids_by_receipt
+            .entry(receipt)
+            .or_default()
+            .insert(d.header("webhook-id").to_owned());
+    }
+    assert_eq!(ids_by_receipt.len(), n, "every notification delivered");
+    assert!(
+        ids_by_receipt.values().all(|ids| ids.len() == 1),
+        "one id per notification: {ids_by_receipt:?}"
+    );
+    store.close().await;
+}
+
+on_both_backends!(every_run_completes_after_a_sigkill);
