@@ -52,9 +52,9 @@ pub fn aiosmtpd_available() -> bool {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("SMTP tests cannot run under CI: {why}");
             }
-            eprintln!(
-                "\n*** SKIPPED an SMTP test: {why}. Install it: python3 -m pip install aiosmtpd ***\n"
-            );
+            crate::support::loud(&format!(
+                "SKIPPED an SMTP test: {why}. Install it: python3 -m pip install aiosmtpd"
+            ));
             false
         }
     }

@@ -49,6 +49,13 @@ pub fn init_logging() {
     }
 }
 
+/// Says something past libtest's output capture (which takes only the
+/// print macros), so a skipped test is seen even when it "passes".
+pub fn loud(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
+}
+
 fn admin_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
@@ -81,7 +88,9 @@ impl PgDatabase {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
                     panic!("Postgres tests cannot run under CI: cannot connect to {admin}: {why}");
                 }
-                eprintln!("\n*** SKIPPED a Postgres test: cannot connect to {admin} ({why}). Set DATABASE_URL. ***\n");
+                loud(&format!(
+                    "SKIPPED a Postgres test: cannot connect to {admin} ({why}). Set DATABASE_URL."
+                ));
                 return None;
             }
         };
