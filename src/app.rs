@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::{Actions, Dispatcher};
 use crate::config::{Settings, TlsMode};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, RejectedKeeper};
 use crate::store::{Store, Writer};
 
 pub struct App {
     state: Arc<AppState>,
     writers: tokio::task::JoinSet<()>,
     dispatcher: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<()>,
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -58,12 +59,17 @@ impl App {
         let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
         let (dispatch, dispatcher) =
             Dispatcher::spawn(store.clone(), actions.clone(), token.clone(), grace);
-        let state = Arc::new(AppState::new(settings, store, writer, actions, dispatch)?);
+        let (rejected, keeper) =
+            RejectedKeeper::spawn(store.clone(), settings.security.rejected_max_rows);
+        let state = Arc::new(AppState::new(
+            settings, store, writer, actions, dispatch, rejected,
+        )?);
         let router = http::router(settings, state.clone());
         Ok(App {
             state,
             writers,
             dispatcher,
+            keeper,
             token,
             router,
             tls,
@@ -108,6 +114,9 @@ impl App {
         .is_err()
         {
             tracing::warn!("store: writers did not finish in time");
+        }
+        if tokio::time::timeout(self.grace, self.keeper).await.is_err() {
+            tracing::warn!("ins: rejected posts still queued at shutdown were not kept");
         }
         // The dispatcher saw the same token: it stopped claiming and drains itself.
         if let Err(e) = self.dispatcher.await {

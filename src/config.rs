@@ -179,8 +179,9 @@ pub struct SecuritySettings {
     /// Rejected posts kept for `kaching rejected`; older ones are dropped so
     /// that a flood of forged posts cannot fill the disk.
     pub rejected_max_rows: u32,
-    /// Authentication failures allowed per source address per minute before it
-    /// gets 429: a legacy cverify is only 32 bits.
+    /// Legacy cverify failures allowed per source address per minute before
+    /// its legacy posts get 429: a cverify is only 32 bits. AES envelopes and
+    /// HMAC signatures cannot be guessed, so they are never limited.
     pub max_auth_failures_per_minute: u32,
 }
 

@@ -10,11 +10,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::server::Peer;
 use super::{client_ip, AppState, IngestError};
-use crate::ins::{self, AccountKeys, InsError};
+use crate::ins::{self, AccountKeys, BodyForm, InsError};
 use crate::store::{NewNotification, NewRejected, Recorded, StoreError};
 
 pub async fn receive_any(
@@ -128,35 +128,36 @@ async fn ingest(
     if candidates.is_empty() {
         return Err(IngestError::SourceNotAllowed);
     }
-    if let Some(wait) = state.limiter.blocked(ip) {
-        return Err(IngestError::RateLimited(wait));
-    }
     let body = body?;
-    if ins::recognise(&body).is_none() {
-        return Err(IngestError::Unrecognised);
+    let form = ins::recognise(&body).ok_or(IngestError::Unrecognised)?;
+    // Only a legacy cverify (32 bits) can be guessed; limiting other forms
+    // would only let a forger lock ClickBank's own posts out.
+    let guessable = form == BodyForm::LegacyForm;
+    if guessable {
+        if let Some(wait) = state.limiter.blocked(ip) {
+            return Err(IngestError::RateLimited(wait));
+        }
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let auth = match ins::authenticate(&body, &header, &candidates) {
         Ok(auth) => auth,
         Err(InsError::Unrecognised) => return Err(IngestError::Unrecognised),
         Err(InsError::Rejected(reason)) => {
-            if state.limiter.failed(ip) {
-                tracing::warn!(%ip, "ins: authentication failure limit reached; answering 429 for the rest of the minute");
+            if guessable && state.limiter.failed(ip) {
+                tracing::warn!(%ip, "ins: cverify failure limit reached; answering 429 to legacy posts for the rest of the minute");
             }
             let signature = candidates
                 .iter()
                 .filter_map(|a| a.hmac_header.as_deref())
                 .find_map(header);
-            keep_rejected(
-                state,
-                ip,
-                account,
-                &reason.to_string(),
-                &body,
-                signature,
+            state.rejected.keep(NewRejected {
                 received_at,
-            )
-            .await;
+                source_ip: Some(ip),
+                account_hint: account.map(str::to_owned),
+                reason: reason.to_string(),
+                body: body.to_vec(),
+                signature: signature.map(str::to_owned),
+            });
             return Err(IngestError::Rejected(reason));
         }
     };
@@ -180,35 +181,4 @@ async fn ingest(
         state.dispatcher.notify(runs);
     }
     Ok((new, key_index, recorded))
-}
-
-/// Best effort: a rejected post is kept for `kaching rejected reprocess`, but
-/// failing to keep it must not change the answer.
-async fn keep_rejected(
-    state: &AppState,
-    ip: IpAddr,
-    account: Option<&str>,
-    reason: &str,
-    body: &[u8],
-    signature: Option<&str>,
-    received_at: DateTime<Utc>,
-) {
-    let row = NewRejected {
-        received_at,
-        source_ip: Some(ip),
-        account_hint: account,
-        reason,
-        body,
-        signature,
-    };
-    match tokio::time::timeout(
-        state.commit_timeout,
-        state.store.record_rejected(&row, state.rejected_max_rows),
-    )
-    .await
-    {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "ins: cannot keep the rejected post"),
-        Err(_) => tracing::warn!("ins: keeping the rejected post timed out"),
-    }
 }

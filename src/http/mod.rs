@@ -5,6 +5,7 @@
 mod client_ip;
 mod error;
 mod ins_handler;
+mod keeper;
 mod limiter;
 pub mod server;
 pub mod tls;
@@ -25,6 +26,7 @@ use crate::ins::AccountKeys;
 use crate::store::{Store, Writer};
 
 pub use error::IngestError;
+pub use keeper::RejectedKeeper;
 pub use limiter::FailureLimiter;
 
 /// One configured account: its keys and its own source-address allowlist.
@@ -46,7 +48,8 @@ pub struct AppState {
     pub by_name: HashMap<String, usize>,
     pub allowed_ips: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
-    pub rejected_max_rows: u32,
+    /// Where rejected posts go, off the request path.
+    pub rejected: RejectedKeeper,
     pub commit_timeout: Duration,
     pub limiter: FailureLimiter,
 }
@@ -58,6 +61,7 @@ impl AppState {
         writer: Writer,
         actions: Arc<Actions>,
         dispatcher: Dispatcher,
+        rejected: RejectedKeeper,
     ) -> Result<Self, crate::config::ConfigError> {
         let accounts: Vec<Account> = settings
             .account_keys()?
@@ -82,7 +86,7 @@ impl AppState {
             by_name,
             allowed_ips: settings.security.allowed_ips.clone(),
             trusted_proxies: settings.security.trusted_proxies.clone(),
-            rejected_max_rows: settings.security.rejected_max_rows,
+            rejected,
             commit_timeout: Duration::from_millis(settings.database.commit_timeout_ms),
             limiter: FailureLimiter::new(settings.security.max_auth_failures_per_minute),
         })

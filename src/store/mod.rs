@@ -123,14 +123,14 @@ pub(crate) enum Upserted {
 }
 
 /// A post that failed authentication.
-#[derive(Debug)]
-pub struct NewRejected<'a> {
+#[derive(Debug, Clone)]
+pub struct NewRejected {
     pub received_at: DateTime<Utc>,
     pub source_ip: Option<IpAddr>,
-    pub account_hint: Option<&'a str>,
-    pub reason: &'a str,
-    pub body: &'a [u8],
-    pub signature: Option<&'a str>,
+    pub account_hint: Option<String>,
+    pub reason: String,
+    pub body: Vec<u8>,
+    pub signature: Option<String>,
 }
 
 /// A stored notification, as listed by `kaching notifications`, the
@@ -355,31 +355,36 @@ impl Store {
             .collect()
     }
 
-    /// Keeps a rejected post, dropping the oldest beyond `max_rows`.
+    /// Keeps rejected posts in one transaction, then drops the oldest
+    /// beyond `max_rows`.
     pub async fn record_rejected(
         &self,
-        r: &NewRejected<'_>,
+        rows: &[NewRejected],
         max_rows: u32,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(), StoreError> {
         on_pool!(self, pool => {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(r.received_at)
-            .bind(r.source_ip.map(|ip| ip.to_string()))
-            .bind(r.account_hint)
-            .bind(r.reason)
-            .bind(r.body)
-            .bind(r.signature)
-            .fetch_one(pool)
-            .await?;
+            let mut tx = pool.begin().await?;
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(r.received_at)
+                .bind(r.source_ip.map(|ip| ip.to_string()))
+                .bind(r.account_hint.as_deref())
+                .bind(&r.reason)
+                .bind(&r.body)
+                .bind(r.signature.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
             // Ids only grow: keeping the newest is an index range delete.
             sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - $1")
                 .bind(i64::from(max_rows))
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
-            Ok(id)
+            tx.commit().await?;
+            Ok(())
         })
     }
 

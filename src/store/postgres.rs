@@ -146,6 +146,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
+            // A ping before every acquire costs a round trip per request; a
+            // dead connection fails its statement instead and is replaced.
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         Ok(Self { pool })

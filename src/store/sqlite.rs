@@ -54,6 +54,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
+            // A ping before every acquire costs a round trip per request; a
+            // dead connection fails its statement instead and is replaced.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self { pool })

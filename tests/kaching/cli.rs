@@ -130,6 +130,13 @@ async fn rejected_posts_are_kept_and_reprocessed_once_the_key_is_fixed(backend: 
     assert_eq!(app.post_ins(sale("REPRO001")).await.0, 403);
     assert_eq!(app.post("/ins/acme", sale("REPRO002")).await.status(), 403);
     assert!(app.rows().await.is_empty());
+    // Rejected posts are kept off the request path: wait for them.
+    crate::target::eventually(
+        std::time::Duration::from_secs(10),
+        "two kept posts",
+        || async { (app.store.rejected_after(0, 10).await.unwrap().len() == 2).then_some(()) },
+    )
+    .await;
 
     let cfg = config_file(&app, KEY);
     let cfg = cfg.to_str().unwrap();

@@ -196,8 +196,17 @@ async fn every_key_dependent_failure_gets_the_same_403(backend: Backend) {
         );
     }
     assert!(app.rows().await.is_empty());
-    let kept = app.store.rejected_after(0, 100).await.unwrap();
-    assert_eq!(kept.len(), 10, "every forged post is kept for inspection");
+    // Every forged post is kept for inspection (off the request path).
+    crate::target::eventually(
+        std::time::Duration::from_secs(10),
+        "ten kept posts",
+        || async {
+            let kept = app.store.rejected_after(0, 100).await.unwrap();
+            assert!(kept.len() <= 10);
+            (kept.len() == 10).then_some(())
+        },
+    )
+    .await;
     app.stop().await;
 }
 

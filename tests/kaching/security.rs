@@ -89,33 +89,45 @@ async fn a_per_account_allowlist_limits_only_that_account(backend: Backend) {
     app.stop().await;
 }
 
-async fn repeated_authentication_failures_get_429(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend, |s| s.security.max_auth_failures_per_minute = 3).await
+async fn repeated_cverify_failures_get_429_and_only_for_legacy_posts(backend: Backend) {
+    let vector: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/legacy_v4_sale.json")).unwrap();
+    let secret = vector["secret_key"].as_str().unwrap().to_owned();
+    let genuine = vector["http_body"].as_str().unwrap().to_owned();
+    let Some(app) = TestApp::spawn(backend, |s| {
+        s.security.max_auth_failures_per_minute = 3;
+        let mut legacy = crate::support::account("legacy", &secret);
+        legacy.legacy_cverify = true;
+        s.accounts.push(legacy);
+    })
+    .await
     else {
         return;
     };
-    let forged = || {
-        envelope(
-            "WRONGKEY00000000",
-            &plaintext("LIMIT001", "SALE", "2026-11-20T10:00:00Z", 1),
-        )
-    };
-    for _ in 0..3 {
-        assert_eq!(app.post_ins(forged()).await.0, 403);
+    // Guessing a 32-bit cverify: three tries, then 429 for the rest of the minute.
+    let guess = |n: u32| genuine.replace("cverify=73707949", &format!("cverify={n:08X}"));
+    for n in 0..3 {
+        assert_eq!(app.post_ins(guess(n)).await.0, 403);
     }
-    let r = app.post("/ins", forged()).await;
+    let r = app.post("/ins", guess(3)).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
-    // Even a genuine post waits: the address is blocked until the window ends.
-    assert_eq!(
-        app.post_ins(envelope(
-            KEY,
-            &plaintext("LIMIT002", "SALE", "2026-11-20T10:00:00Z", 1)
-        ))
-        .await
-        .0,
-        429
+    // Even the right cverify gets no answer from this address now: no oracle.
+    assert_eq!(app.post_ins(genuine.clone()).await.0, 429);
+    // Envelopes cannot be guessed, so the limit never locks them out:
+    // neither forged ones nor, above all, ClickBank's own.
+    let forged = envelope(
+        "WRONGKEY00000000",
+        &plaintext("LIMIT001", "SALE", "2026-11-20T10:00:00Z", 1),
     );
+    for _ in 0..5 {
+        assert_eq!(app.post_ins(forged.clone()).await.0, 403);
+    }
+    let real = envelope(
+        KEY,
+        &plaintext("LIMIT002", "SALE", "2026-11-20T10:00:00Z", 1),
+    );
+    assert_eq!(app.post_ins(real).await.0, 200);
     app.stop().await;
 }
 
@@ -123,5 +135,5 @@ on_both_backends!(
     the_allowlist_without_trusted_proxies_ignores_forwarded_headers,
     the_allowlist_behind_a_trusted_proxy_uses_the_forwarded_client,
     a_per_account_allowlist_limits_only_that_account,
-    repeated_authentication_failures_get_429,
+    repeated_cverify_failures_get_429_and_only_for_legacy_posts,
 );

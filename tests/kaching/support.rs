@@ -73,27 +73,27 @@ impl PgDatabase {
     pub async fn create() -> Option<PgDatabase> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let admin = admin_url();
-        let mut conn = match tokio::time::timeout(
-            Duration::from_secs(5),
-            sqlx::PgConnection::connect(&admin),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            outcome => {
-                let why = match outcome {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("Postgres tests cannot run under CI: cannot connect to {admin}: {why}");
-                }
-                loud(&format!(
+        let mut conn =
+            match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    if std::env::var("CI").is_ok_and(|v| v == "true") {
+                        panic!(
+                            "Postgres tests cannot run under CI: cannot connect to {admin}: {why}"
+                        );
+                    }
+                    loud(&format!(
                     "SKIPPED a Postgres test: cannot connect to {admin} ({why}). Set DATABASE_URL."
                 ));
-                return None;
-            }
-        };
+                    return None;
+                }
+            };
         let name = format!(
             "kaching_test_{}_{}_{}",
             std::process::id(),
