@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Action, Actions};
-use crate::store::{RunOutcome, Store};
+use crate::store::{Claimed, RunOutcome, Store};
 
 /// How often due runs are looked for.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -210,18 +210,13 @@ async fn claim_due(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>) {
     }
 }
 
-async fn start_all(
-    ctx: &Ctx<'_>,
-    tasks: &mut JoinSet<()>,
-    action: &Action,
-    claimed: Vec<(i64, i32)>,
-) {
-    for (id, attempts) in claimed {
+async fn start_all(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, action: &Action, claimed: Vec<Claimed>) {
+    for run in claimed {
         match ctx.slots[action.index].clone().try_acquire_owned() {
-            Ok(permit) => start(ctx, tasks, action.index, id, attempts, permit),
+            Ok(permit) => start(ctx, tasks, action.index, run, permit),
             // Cannot happen (we claimed at most the free slots), but never run unbounded.
             Err(_) => {
-                let _ = ctx.store.release_run(id, attempts).await;
+                let _ = ctx.store.release_run(run.id, run.attempts).await;
             }
         }
     }
@@ -261,10 +256,10 @@ fn start(
     ctx: &Ctx<'_>,
     tasks: &mut JoinSet<()>,
     index: usize,
-    id: i64,
-    attempts: i32,
+    run: Claimed,
     permit: OwnedSemaphorePermit,
 ) {
+    let (id, attempts) = (run.id, run.attempts);
     if let Ok(mut s) = ctx.in_flight.lock() {
         s.insert((id, attempts));
     }
@@ -278,7 +273,7 @@ fn start(
     tasks.spawn(
         async move {
             if let Some(action) = actions.get(index) {
-                if let Some(outcome) = execute(&store, action, id, attempts).await {
+                if let Some(outcome) = execute(&store, action, run).await {
                     let _ = finished.send((id, attempts, outcome)).await;
                 }
             }
@@ -292,17 +287,17 @@ fn start(
 }
 
 /// One execution of one run; returns the run's next state.
-async fn execute(store: &Store, action: &Action, id: i64, attempts: i32) -> Option<RunOutcome> {
-    let ctx = match store.run_context(id).await {
-        Ok(Some(ctx)) => ctx,
+async fn execute(store: &Store, action: &Action, run: Claimed) -> Option<RunOutcome> {
+    let notification = match store.notification(run.notification_id).await {
+        Ok(Some(n)) => n,
         Ok(None) => return None,
         Err(e) => {
             // Leave it running: the lease expires and the poller retries it.
-            tracing::warn!(error = %e, "dispatcher: cannot load the run");
+            tracing::warn!(error = %e, "dispatcher: cannot load the notification");
             return None;
         }
     };
-    let event = action.event(&ctx.notification);
+    let event = action.event(&notification);
     let started = std::time::Instant::now();
     // Each kind enforces `timeout` itself and says how it ended; this bound
     // is the safety net for one that would hang anyway.
@@ -310,11 +305,13 @@ async fn execute(store: &Store, action: &Action, id: i64, attempts: i32) -> Opti
         .await
         .unwrap_or_else(|_| super::Outcome::retry(format!("timed out after {:?}", action.timeout)));
     let now = Utc::now();
-    let next = action.retry.decide(outcome, attempts, ctx.created_at, now);
+    let next = action
+        .retry
+        .decide(outcome, run.attempts, run.created_at, now);
     let latency_ms = started.elapsed().as_millis() as u64;
     match &next {
         RunOutcome::Done => {
-            tracing::info!(action = %action.name, event = %event.id, receipt = %event.receipt, latency_ms, "action: done")
+            tracing::debug!(action = %action.name, event = %event.id, receipt = %event.receipt, latency_ms, "action: done")
         }
         RunOutcome::Retry { at, error } => {
             tracing::warn!(action = %action.name, event = %event.id, receipt = %event.receipt, %error, retry_at = %at, "action: will retry")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{on_pool, NotificationRow, Store, StoreError, StoredNotification, NOTIFICATION_SELECT};
+use super::{on_pool, relaxed_tx, Store, StoreError};
 
 /// An action a new notification gets a run for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +53,15 @@ pub struct RunRow {
     pub transaction_type: String,
 }
 
-/// Everything needed to execute a claimed run.
-#[derive(Debug, Clone)]
-pub struct RunContext {
+/// A run this process now holds: what executing it needs besides the notification.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Claimed {
     pub id: i64,
-    pub action: String,
+    /// This attempt's number, and the fence for recording its outcome.
     pub attempts: i32,
+    /// `retry.max_age` counts from here.
     pub created_at: DateTime<Utc>,
-    pub notification: StoredNotification,
+    pub notification_id: i64,
 }
 
 /// How an execution ended.
@@ -92,11 +93,11 @@ impl Store {
         ids: &[i64],
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<(i64, i32)>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        on_pool!(self, pool => {
+        relaxed_tx!(self, tx => {
             let mut q = sqlx::QueryBuilder::new(
                 "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = ",
             );
@@ -108,8 +109,8 @@ impl Store {
             for id in ids {
                 list.push_bind(*id);
             }
-            q.push(") RETURNING id, attempts");
-            Ok(q.build_query_as().fetch_all(pool).await?)
+            q.push(") RETURNING id, attempts, created_at, notification_id");
+            Ok(q.build_query_as().fetch_all(&mut *tx).await?)
         })
     }
 
@@ -122,7 +123,7 @@ impl Store {
         limit: i64,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<(i64, i32)>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         let lock = match self {
             Store::Postgres(_) => "FOR UPDATE SKIP LOCKED",
             // One process, and a write transaction locks the whole database.
@@ -131,43 +132,18 @@ impl Store {
         let sql = format!(
             "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = $4 \
              WHERE id IN (SELECT id FROM action_runs WHERE action = $1 \
-                 AND ((status = 'pending' AND next_attempt_at <= $3) \
-                      OR (status = 'running' AND lease_until < $3)) \
+                 AND status IN ('pending', 'running') AND next_attempt_at <= $3 \
+                 AND (status = 'pending' OR lease_until < $3) \
                  ORDER BY next_attempt_at LIMIT $2 {lock}) \
-             RETURNING id, attempts"
+             RETURNING id, attempts, created_at, notification_id"
         );
-        on_pool!(self, pool => Ok(sqlx::query_as(&sql)
+        relaxed_tx!(self, tx => Ok(sqlx::query_as(&sql)
             .bind(action)
             .bind(limit)
             .bind(now)
             .bind(lease_until)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?))
-    }
-
-    /// The run and its notification.
-    pub async fn run_context(&self, id: i64) -> Result<Option<RunContext>, StoreError> {
-        let run: Option<(i64, String, i32, DateTime<Utc>, i64)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT id, action, attempts, created_at, notification_id FROM action_runs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(pool)
-        .await?);
-        let Some((id, action, attempts, created_at, notification_id)) = run else {
-            return Ok(None);
-        };
-        let sql = format!("{NOTIFICATION_SELECT} WHERE id = $1");
-        let row: NotificationRow = on_pool!(self, pool => sqlx::query_as(&sql)
-            .bind(notification_id)
-            .fetch_one(pool)
-            .await?);
-        Ok(Some(RunContext {
-            id,
-            action,
-            attempts,
-            created_at,
-            notification: row.try_into()?,
-        }))
     }
 
     /// Records how runs ended, in one transaction: `(id, attempts, outcome)`.
@@ -179,8 +155,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let mut applied = 0u64;
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+        relaxed_tx!(self, tx => {
             let done: Vec<(i64, i32)> = finished
                 .iter()
                 .filter(|(_, _, o)| *o == RunOutcome::Done)
@@ -224,7 +199,6 @@ impl Store {
                 .await?
                 .rows_affected();
             }
-            tx.commit().await?;
         });
         Ok(finished
             .len()
@@ -234,14 +208,14 @@ impl Store {
     /// Puts runs this process claimed but will not execute (shutdown) back
     /// to pending, due now, so the next start does not wait for their lease.
     pub async fn release_run(&self, id: i64, attempts: i32) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        relaxed_tx!(self, tx => {
             sqlx::query(
                 "UPDATE action_runs SET status = 'pending', lease_until = NULL \
                  WHERE id = $1 AND attempts = $2 AND status = 'running'",
             )
             .bind(id)
             .bind(attempts)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
             Ok(())
         })

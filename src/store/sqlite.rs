@@ -6,6 +6,7 @@
 //! decimal type.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -28,6 +29,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// `synchronous = NORMAL`: commits that need not wait for the disk (see
+    /// `relaxed_tx!`). A later FULL commit syncs the shared WAL for them too.
+    relaxed: SqlitePool,
+    /// Every write in this process queues here: SQLite has one writer, and
+    /// its busy handler waits by sleeping (1, 2, 5… up to 100 ms), which
+    /// turns contention into latency spikes.
+    write: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn decimal_text(d: Option<Decimal>) -> Option<String> {
@@ -51,19 +59,38 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
             }
         }
-        let pool = SqlitePoolOptions::new()
+        let pool_options = || {
+            SqlitePoolOptions::new()
+                .acquire_timeout(timeout)
+                // A ping before every acquire costs a round trip per request; a
+                // dead connection fails its statement instead and is replaced.
+                .test_before_acquire(false)
+        };
+        let pool = pool_options()
             .max_connections(max_connections)
-            .acquire_timeout(timeout)
-            // A ping before every acquire costs a round trip per request; a
-            // dead connection fails its statement instead and is replaced.
-            .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        let relaxed = pool_options()
+            .max_connections(2)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await?;
+        Ok(Self {
+            pool,
+            relaxed,
+            write: Arc::default(),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub(super) fn relaxed_pool(&self) -> &SqlitePool {
+        &self.relaxed
+    }
+
+    pub(super) async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write.lock().await
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -81,6 +108,7 @@ impl SqliteStore {
              RETURNING id"
         );
         let mut out = Vec::with_capacity(rows.len());
+        let _write = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         for u in rows {
             let (row, x) = (u.row, &u.row.notification);
