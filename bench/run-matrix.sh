@@ -17,6 +17,8 @@
 #                          TLS mode, in a daemon of its own (its peak RSS)
 #   PG_ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
 #   LOG_LEVEL=info         the daemon's log.level (info: one line per post, as deployed)
+#   ACTIONS=log            a `log` action, so every new notification also writes an
+#                          outbox row and the dispatcher runs it (ACTIONS= for none)
 #   KEEP=1                 keep the work directory (daemon logs, configs, bench outputs)
 set -euo pipefail
 
@@ -34,6 +36,7 @@ FORGED=${FORGED:-0}
 FULL=${FULL:-0}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 LOG_LEVEL=${LOG_LEVEL:-info}
+ACTIONS=${ACTIONS-log}
 PG_DB=kaching_bench
 KEY=BENCHMATRIXKEY01
 
@@ -102,11 +105,6 @@ self_signed_dir = "$dir/tls"
 [database]
 url = "$db_url"
 
-[security]
-# Only matters with FORGED > 0: every post from 127.0.0.1 would get 429 after
-# 60 authentication failures a minute.
-max_auth_failures_per_minute = 1000000
-
 [log]
 format = "json"
 level = "$LOG_LEVEL"
@@ -115,6 +113,9 @@ level = "$LOG_LEVEL"
 name = "bench"
 secret_key = "$KEY"
 EOF
+    if [ "$ACTIONS" = log ]; then
+        printf '\n[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
+    fi
     "$TIME" -v -o "$dir/time.txt" "$ROOT/target/release/kaching" --config "$dir/kaching.toml" serve \
         >"$dir/daemon.log" 2>&1 &
     TIME_PID=$!
@@ -249,7 +250,7 @@ fi
 {
     echo "== kaching benchmark matrix, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "   commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)'); $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)); $(uname -sr)"
-    echo "   each run: $DURATION after a 500-post warm-up; duplicates $DUPLICATES, forged $FORGED; daemon log.level=$LOG_LEVEL (json, to a file)"
+    echo "   each run: $DURATION after a 500-post warm-up; duplicates $DUPLICATES, forged $FORGED; daemon log.level=$LOG_LEVEL (json, to a file); actions: ${ACTIONS:-none}"
     [ -z "$pg_settings" ] || echo "   $pg_settings; SQLite: WAL, synchronous=FULL"
     echo "   generator, daemon and database share the machine; latency in ms; r=N: open loop, latency from the scheduled time"
     printf '%-8s  %-11s  %-8s  %9s  %8s  %8s  %8s  %9s  %-12s  %9s\n' \

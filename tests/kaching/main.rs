@@ -8,6 +8,7 @@ mod target;
 
 mod actions;
 mod actions_email;
+mod bench_smoke;
 mod cli;
 mod crash;
 mod ingest;
