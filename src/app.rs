@@ -26,17 +26,27 @@ pub struct App {
     grace: Duration,
 }
 
-impl App {
-    /// Connects and migrates the store, loads or makes the TLS certificate.
-    pub async fn build(settings: &Settings) -> anyhow::Result<App> {
-        settings.validate().context("invalid configuration")?;
-        let store = Store::connect(&settings.database)
-            .await
-            .with_context(|| format!("cannot open the database {:?}", settings.database.url))?;
+/// Connects to the configured database and, when `migrate`, applies the
+/// embedded migrations (commands that only read skip them: they may run with
+/// a read-only role).
+pub async fn open_store(settings: &Settings, migrate: bool) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("cannot open the database {:?}", settings.database.url))?;
+    if migrate {
         store
             .migrate()
             .await
             .context("cannot migrate the database")?;
+    }
+    Ok(store)
+}
+
+impl App {
+    /// Connects and migrates the store, loads or makes the TLS certificate.
+    pub async fn build(settings: &Settings) -> anyhow::Result<App> {
+        settings.validate().context("invalid configuration")?;
+        let store = open_store(settings, true).await?;
         tracing::info!(backend = store.backend(), "store: migrated");
         let tls = http::tls::server_config(&settings.tls, settings.server.listen)?;
         if settings.tls.mode == TlsMode::Off {

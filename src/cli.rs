@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand};
 use chrono::{DateTime, Utc};
 
 use crate::actions::Actions;
-use crate::app::App;
+use crate::app::{open_store, App};
 use crate::config::Settings;
-use crate::store::{RunStatus, Store};
+use crate::store::RunStatus;
 use crate::{ins, rejected, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -151,25 +151,6 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-/// The store as it is, for commands that only read (no migration: they may
-/// run with a read-only role).
-async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::connect(&settings.database)
-        .await
-        .with_context(|| format!("cannot open the database {:?}", settings.database.url))
-}
-
-async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(&settings.database)
-        .await
-        .with_context(|| format!("cannot open the database {:?}", settings.database.url))?;
-    store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
-    Ok(store)
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Encrypt { secret_key, input } => {
@@ -207,14 +188,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let settings = load(&cli)?;
             telemetry::init(&settings.log);
-            let store = open_store(&settings).await?;
+            let store = open_store(&settings, true).await?;
             store.close().await;
             println!("migrated the {} database", store.backend());
             Ok(())
         }
         Command::Notifications { limit } => {
             let settings = load(&cli)?;
-            let store = connect_store(&settings).await?;
+            let store = open_store(&settings, false).await?;
             let rows = store.recent_notifications(*limit).await?;
             println!(
                 "{:>6}  {:<20}  {:<12}  {:<14}  {:<16}  {:>10} {:<3}  {:>3}  {:>4}",
@@ -241,7 +222,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Actions { command } => {
             let settings = load(&cli)?;
-            let store = open_store(&settings).await?;
+            let store = open_store(&settings, true).await?;
             match command {
                 ActionsCommand::List {
                     status,
@@ -299,7 +280,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let act = actions
                 .by_name(action)
                 .with_context(|| format!("no enabled action named `{action}`"))?;
-            let store = open_store(&settings).await?;
+            let store = open_store(&settings, true).await?;
             let until = until.unwrap_or_else(Utc::now);
             let (mut after, mut matched, mut skipped) = (0i64, Vec::new(), 0usize);
             loop {
@@ -328,7 +309,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rejected { command } => {
             let settings = load(&cli)?;
-            let store = open_store(&settings).await?;
+            let store = open_store(&settings, true).await?;
             match command {
                 RejectedCommand::List { limit } => {
                     let rows = store.rejected_after(0, *limit).await?;
