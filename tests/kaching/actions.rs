@@ -269,18 +269,15 @@ async fn filters_decide_which_notifications_get_runs(backend: Backend) {
         return;
     };
     let t = "2026-11-20T10:00:00Z";
-    for (receipt, kind) in [
-        ("FILT0001", "SALE"),
-        ("FILT0002", "RFND"),
-        ("********", "TEST"),
-    ] {
-        assert_eq!(
-            app.post_ins(envelope(KEY, &plaintext(receipt, kind, t, 1)))
-                .await
-                .0,
-            200
-        );
-    }
+    app.post_accepted(
+        &[
+            ("FILT0001", "SALE"),
+            ("FILT0002", "RFND"),
+            ("********", "TEST"),
+        ],
+        t,
+    )
+    .await;
     let mut made: Vec<(String, String)> = runs(&app, None)
         .await
         .into_iter()
@@ -405,18 +402,15 @@ async fn replay_creates_runs_for_stored_notifications(backend: Backend) {
         return;
     };
     let t = "2026-11-20T10:00:00Z";
-    for (receipt, kind) in [
-        ("REPL0001", "SALE"),
-        ("REPL0002", "SALE"),
-        ("REPL0003", "RFND"),
-    ] {
-        assert_eq!(
-            app.post_ins(envelope(KEY, &plaintext(receipt, kind, t, 1)))
-                .await
-                .0,
-            200
-        );
-    }
+    app.post_accepted(
+        &[
+            ("REPL0001", "SALE"),
+            ("REPL0002", "SALE"),
+            ("REPL0003", "RFND"),
+        ],
+        t,
+    )
+    .await;
     // The action is added afterwards, then replayed by a user with the CLI.
     let (dir, url) = (
         app.dir.path().to_owned(),

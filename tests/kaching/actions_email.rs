@@ -151,19 +151,15 @@ async fn only_the_notifications_the_filter_names_send_mail(backend: Backend) {
         return;
     };
     let t = "2026-11-20T10:00:00-08:00";
-    for (receipt, kind) in [
-        ("FILT0001", "RFND"),
-        ("FILT0002", "TEST"),
-        ("FILT0003", "SALE"),
-    ] {
-        assert_eq!(
-            app.post_ins(envelope(KEY, &plaintext(receipt, kind, t, 1)))
-                .await
-                .0,
-            200,
-            "{kind}"
-        );
-    }
+    app.post_accepted(
+        &[
+            ("FILT0001", "RFND"),
+            ("FILT0002", "TEST"),
+            ("FILT0003", "SALE"),
+        ],
+        t,
+    )
+    .await;
     assert_eq!(app.rows().await.len(), 3, "all three are stored");
 
     let runs = wait_for_runs(&app, "thanks", "the SALE's run to be done", all_done).await;

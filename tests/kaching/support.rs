@@ -259,6 +259,17 @@ impl TestApp {
         (r.status().as_u16(), r.text().await.expect("body"))
     }
 
+    /// Posts one notification per (receipt, type) at transaction time `time`,
+    /// each encrypted under `KEY`, and asserts each is acknowledged.
+    pub async fn post_accepted(&self, posts: &[(&str, &str)], time: &str) {
+        for (receipt, kind) in posts {
+            let (status, _) = self
+                .post_ins(envelope(KEY, &plaintext(receipt, kind, time, 1)))
+                .await;
+            assert_eq!(status, 200, "{receipt} {kind}");
+        }
+    }
+
     pub async fn rows(&self) -> Vec<StoredNotification> {
         self.store
             .recent_notifications(10_000)
