@@ -157,6 +157,10 @@ pub struct DatabaseSettings {
     /// Bound on one commit. ClickBank is reported to give up after ~3 s, so a
     /// store that cannot commit within 2.5 s answers 503 and ClickBank retries.
     pub commit_timeout_ms: u64,
+    /// SQLite only: the database file stops growing at this many MiB
+    /// (`PRAGMA max_page_count`). Notifications then get 503, as on a full
+    /// disk, instead of filling a disk that other things need. 0: no cap.
+    pub sqlite_max_size_mib: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -165,6 +169,7 @@ impl Default for DatabaseSettings {
             url: SecretUrl("sqlite://data/kaching.db".into()),
             max_connections: 10,
             commit_timeout_ms: 2_500,
+            sqlite_max_size_mib: 0,
         }
     }
 }

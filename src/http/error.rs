@@ -36,6 +36,15 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// True for the refusals that must not tell by their timing which check
+    /// failed: every 403 (see [`REFUSAL_FLOOR`](super::ins_handler)).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            IngestError::SourceNotAllowed | IngestError::UnknownAccount | IngestError::Rejected(_)
+        )
+    }
+
     /// A short machine-friendly label for the log line.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -53,20 +62,23 @@ impl IngestError {
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         match self {
-            IngestError::SourceNotAllowed | IngestError::Rejected(_) => {
-                (StatusCode::FORBIDDEN, FORBIDDEN_BODY).into_response()
-            }
-            IngestError::UnknownAccount => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+            // An unknown account in the path answers exactly as a wrong key,
+            // so account names cannot be probed for.
+            IngestError::SourceNotAllowed
+            | IngestError::UnknownAccount
+            | IngestError::Rejected(_) => (StatusCode::FORBIDDEN, FORBIDDEN_BODY).into_response(),
             IngestError::RateLimited(wait) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
                 "too many failures\n",
             )
                 .into_response(),
-            // 413 for an oversized body, 400 for one that could not be read.
-            IngestError::Body(rejection) => {
-                (rejection.status(), rejection.body_text()).into_response()
+            // 413 for an oversized body, 400 for one that could not be read;
+            // fixed bodies, like every other refusal.
+            IngestError::Body(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n").into_response()
             }
+            IngestError::Body(_) => (StatusCode::BAD_REQUEST, "bad request\n").into_response(),
             IngestError::Unrecognised => (StatusCode::BAD_REQUEST, "bad request\n").into_response(),
             IngestError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,6 +16,14 @@ use super::server::Peer;
 use super::{client_ip, AppState, IngestError};
 use crate::ins::{self, AccountKeys, BodyForm, InsError};
 use crate::store::{NewNotification, NewRejected, Recorded, StoreError};
+
+/// Every 403 is sent no sooner than this after the request's body arrived.
+/// The checks behind a 403 take different times (a wrong key fails at the
+/// padding, a right key with bad JSON a few microseconds later, an unknown
+/// account before any decryption); waiting until a fixed instant, on a timer
+/// whose ticks are a millisecond apart, hides those differences, at the cost
+/// of an idle task per refused post. Genuine posts never wait for it.
+const REFUSAL_FLOOR: Duration = Duration::from_millis(2);
 
 pub async fn receive_any(
     State(state): State<Arc<AppState>>,
@@ -86,6 +94,9 @@ async fn receive(
             (StatusCode::OK, "OK").into_response()
         }
         Err(e) => {
+            if e.is_forbidden() {
+                tokio::time::sleep_until((started + REFUSAL_FLOOR).into()).await;
+            }
             let latency_us = started.elapsed().as_micros() as u64;
             let account = account.as_deref().unwrap_or("");
             match &e {

@@ -13,8 +13,10 @@
 mod postgres;
 mod runs;
 mod sqlite;
+mod tx;
 mod writer;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -60,17 +62,19 @@ macro_rules! relaxed_tx {
     ($store:expr, $tx:ident => $body:expr) => {
         match $store {
             Store::Postgres(s) => {
-                let mut $tx = s.pool().begin().await?;
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *$tx)
-                    .await?;
+                let mut $tx = $crate::store::tx::PgTx::begin(
+                    s.pool(),
+                    "BEGIN; SET LOCAL synchronous_commit = off",
+                )
+                .await?;
                 let out = $body;
                 $tx.commit().await?;
                 out
             }
             Store::Sqlite(s) => {
                 let _write = s.write_lock().await;
-                let mut $tx = s.relaxed_pool().begin().await?;
+                let mut $tx =
+                    $crate::store::tx::SqliteTx::begin(s.relaxed_pool(), "BEGIN IMMEDIATE").await?;
                 let out = $body;
                 $tx.commit().await?;
                 out
@@ -96,6 +100,38 @@ pub enum StoreError {
     MissingRow,
     #[error("a stored amount is not a decimal: {0}")]
     BadAmount(String),
+    /// The connection broke during COMMIT and the server could not say in
+    /// time whether it committed: the rows are neither acknowledged nor
+    /// retried (ClickBank's retry will find them, or store them).
+    #[error("the outcome of a COMMIT is unknown: {0}")]
+    CommitUnknown(sqlx::Error),
+    /// The failure of the batch a row was part of.
+    #[error("{0}")]
+    Batch(Arc<StoreError>),
+}
+
+impl StoreError {
+    /// True when the database refused something in the batch (a row it
+    /// cannot store, a full disk): committing the rows one by one may save
+    /// the others. False when the database could not be reached or the
+    /// outcome is unknown: retrying would only delay the 503 (or, after an
+    /// unknown COMMIT, count the batch's own rows as copies).
+    pub fn worth_retrying_alone(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(_)))
+    }
+}
+
+/// A text column's value. Postgres cannot store NUL in `text`, and
+/// ClickBank's fields can hold one (`\u0000` in JSON, `%00` in a legacy
+/// post): it becomes U+FFFD, the replacement character, on both backends so
+/// that both store the same. The JSON payload never holds a raw NUL (JSON
+/// escapes it), so it is stored exactly as received.
+pub(crate) fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// A notification that passed authentication, about to be stored. Owned,
@@ -286,7 +322,7 @@ impl Store {
             Ok(Store::Postgres(PgStore::connect(url, max, timeout).await?))
         } else if settings.url.is_sqlite() {
             Ok(Store::Sqlite(
-                SqliteStore::connect(url, max, timeout).await?,
+                SqliteStore::connect(url, max, timeout, settings.sqlite_max_size_mib).await?,
             ))
         } else {
             Err(StoreError::UnsupportedUrl)
@@ -400,8 +436,8 @@ impl Store {
                 )
                 .bind(r.received_at)
                 .bind(r.source_ip.map(|ip| ip.to_string()))
-                .bind(r.account_hint.as_deref())
-                .bind(&r.reason)
+                .bind(r.account_hint.as_deref().map(text))
+                .bind(text(&r.reason))
                 .bind(&r.body)
                 .bind(r.signature.as_deref())
                 .execute(&mut *tx)
@@ -494,6 +530,29 @@ impl Store {
         .bind(pattern)
         .fetch_all(pool)
         .await?))
+    }
+
+    /// A small durable commit, on the same path as the notifications'
+    /// (SQLite: the write lock, a full-sync commit): can the database still
+    /// take commits? A read alone says nothing about a full disk.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        const PROBE: &str = "INSERT INTO write_probe (id, probed_at) VALUES (1, $1) \
+            ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at";
+        let now = Utc::now();
+        match self {
+            Store::Postgres(s) => {
+                let mut tx = tx::PgTx::begin(s.pool(), "BEGIN").await?;
+                sqlx::query(PROBE).bind(now).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            Store::Sqlite(s) => {
+                let _write = s.write_lock().await;
+                let mut tx = tx::SqliteTx::begin(s.pool(), "BEGIN IMMEDIATE").await?;
+                sqlx::query(PROBE).bind(now).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// A trivial query: is the database reachable?

@@ -7,7 +7,18 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use std::collections::HashMap;
 
-use super::{NewNotification, StoreError, Unique, Upserted};
+use sqlx::Row;
+
+use super::tx::PgTx;
+use super::{text, NewNotification, StoreError, Unique, Upserted};
+
+/// Opens the batch transaction and learns its id in the same round trip,
+/// so that a COMMIT whose answer is lost can be looked up afterwards.
+const BEGIN_BATCH: &str = "BEGIN; SELECT pg_current_xact_id()::text";
+
+/// How long an ambiguous COMMIT is looked up before it is called unknown.
+/// A server that restarts takes a few seconds; ClickBank's retry covers longer.
+const RESOLVE_FOR: Duration = Duration::from_secs(3);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -91,7 +102,7 @@ impl PgStore {
     /// One run per (new notification, matching action), in the same transaction.
     async fn insert_runs(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tx: &mut PgTx,
         rows: &[Unique<'_>],
         found: &mut HashMap<Key, Upserted>,
     ) -> Result<(), StoreError> {
@@ -163,28 +174,66 @@ impl PgStore {
         Ok(())
     }
 
+    /// A COMMIT returned an error: the transaction may or may not have
+    /// committed (a server shutting down reports an error even when the
+    /// commit record is already on disk, and a broken connection reports
+    /// nothing at all). Ask the server what became of transaction `xid`
+    /// (`pg_xact_status`, made for this) instead of guessing. Ok when it
+    /// committed; the error when it did not; [`StoreError::CommitUnknown`]
+    /// when the server cannot tell us in time (the caller must then neither
+    /// acknowledge nor retry the rows).
+    async fn resolve_commit(&self, xid: &str, error: sqlx::Error) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
+        loop {
+            let status: Result<Option<String>, sqlx::Error> =
+                sqlx::query_scalar("SELECT pg_xact_status(CAST($1 AS xid8))")
+                    .bind(xid)
+                    .fetch_one(&self.pool)
+                    .await;
+            match status.as_ref().map(Option::as_deref) {
+                Ok(Some("committed")) => {
+                    tracing::warn!(xid, error = %error, "store: a COMMIT lost its answer; the server says it committed");
+                    return Ok(());
+                }
+                Ok(Some("aborted")) => return Err(error.into()),
+                // "in progress": the old session has not finished yet; Err:
+                // the server is not back yet; None: too old to know.
+                Ok(Some(_)) | Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    tracing::error!(xid, error = %error, "store: a COMMIT lost its answer and its outcome cannot be looked up");
+                    return Err(StoreError::CommitUnknown(error));
+                }
+            }
+        }
+    }
+
     /// One transaction: insert the new ones in one statement, count the
     /// copies of already stored ones in another, commit once.
     pub(super) async fn upsert(&self, rows: &[Unique<'_>]) -> Result<Vec<Upserted>, StoreError> {
         let all: Vec<&Unique<'_>> = rows.iter().collect();
-        let mut tx = self.pool.begin().await?;
+        let (mut tx, xid) = PgTx::begin_returning(&self.pool, BEGIN_BATCH).await?;
+        let xid: String = xid.try_get(0)?;
         let inserted: Vec<Returned> = sqlx::query_as(INSERT_BATCH)
-            .bind(col(&all, |r| r.account.as_str()))
-            .bind(col(&all, |r| r.notification.role.as_str()))
-            .bind(col(&all, |r| r.notification.receipt.as_str()))
-            .bind(col(&all, |r| r.notification.transaction_type.as_str()))
+            .bind(col(&all, |r| text(r.account.as_str())))
+            .bind(col(&all, |r| text(r.notification.role.as_str())))
+            .bind(col(&all, |r| text(r.notification.receipt.as_str())))
+            .bind(col(&all, |r| {
+                text(r.notification.transaction_type.as_str())
+            }))
             .bind(col(&all, |r| r.notification.transaction_time))
-            .bind(col(&all, |r| r.notification.vendor.as_deref()))
-            .bind(col(&all, |r| r.notification.affiliate.as_deref()))
+            .bind(col(&all, |r| r.notification.vendor.as_deref().map(text)))
+            .bind(col(&all, |r| r.notification.affiliate.as_deref().map(text)))
             .bind(col(&all, |r| r.notification.total_account_amount))
             .bind(col(&all, |r| r.notification.total_order_amount))
             .bind(col(&all, |r| r.notification.total_tax_amount))
             .bind(col(&all, |r| r.notification.total_shipping_amount))
-            .bind(col(&all, |r| r.notification.currency.as_deref()))
-            .bind(col(&all, |r| r.notification.version.as_deref()))
+            .bind(col(&all, |r| r.notification.currency.as_deref().map(text)))
+            .bind(col(&all, |r| r.notification.version.as_deref().map(text)))
             .bind(col(&all, |r| r.notification.attempt_count))
             .bind(col(&all, |r| r.form.as_str()))
-            .bind(col(&all, |r| r.notification.payload.as_str()))
+            .bind(col(&all, |r| text(&r.notification.payload)))
             .bind(col(&all, |r| r.source_ip.map(|ip| ip.to_string())))
             .bind(col(&all, |r| r.received_at))
             .bind(all.iter().map(|u| u.copies - 1).collect::<Vec<_>>())
@@ -199,10 +248,12 @@ impl PgStore {
             .collect();
         if !existing.is_empty() {
             let counted: Vec<Returned> = sqlx::query_as(COUNT_DUPLICATES)
-                .bind(col(&existing, |r| r.account.as_str()))
-                .bind(col(&existing, |r| r.notification.role.as_str()))
-                .bind(col(&existing, |r| r.notification.receipt.as_str()))
-                .bind(col(&existing, |r| r.notification.transaction_type.as_str()))
+                .bind(col(&existing, |r| text(r.account.as_str())))
+                .bind(col(&existing, |r| text(r.notification.role.as_str())))
+                .bind(col(&existing, |r| text(r.notification.receipt.as_str())))
+                .bind(col(&existing, |r| {
+                    text(r.notification.transaction_type.as_str())
+                }))
                 .bind(col(&existing, |r| r.notification.transaction_time))
                 .bind(existing.iter().map(|u| u.copies).collect::<Vec<_>>())
                 .bind(col(&existing, |r| r.received_at))
@@ -210,7 +261,9 @@ impl PgStore {
                 .await?;
             found.extend(counted.into_iter().map(Returned::into_entry));
         }
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            self.resolve_commit(&xid, e).await?;
+        }
         rows.iter()
             .map(|u| found.remove(&key_of(u)).ok_or(StoreError::MissingRow))
             .collect()

@@ -15,7 +15,8 @@ use sqlx::sqlite::{
 };
 
 use super::postgres::NOTIFICATION_COLUMNS;
-use super::{StoreError, Unique, Upserted};
+use super::tx::SqliteTx;
+use super::{text, StoreError, Unique, Upserted};
 
 /// Counts copies of a notification stored by an earlier commit.
 const COUNT_DUPLICATES: &str = "\
@@ -47,13 +48,18 @@ impl SqliteStore {
         url: &str,
         max_connections: u32,
         timeout: Duration,
+        max_size_mib: u64,
     ) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let mut options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(timeout)
             .foreign_keys(true);
+        if max_size_mib > 0 {
+            // The page size is SQLite's default, 4 KiB.
+            options = options.pragma("max_page_count", (max_size_mib * 256).to_string());
+        }
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
@@ -109,26 +115,27 @@ impl SqliteStore {
         );
         let mut out = Vec::with_capacity(rows.len());
         let _write = self.write_lock().await;
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock now, not at the first insert.
+        let mut tx = SqliteTx::begin(&self.pool, "BEGIN IMMEDIATE").await?;
         for u in rows {
             let (row, x) = (u.row, &u.row.notification);
             let id: Option<i64> = sqlx::query_scalar(&insert)
-                .bind(row.account.as_str())
-                .bind(x.role.as_str())
-                .bind(x.receipt.as_str())
-                .bind(x.transaction_type.as_str())
+                .bind(text(row.account.as_str()))
+                .bind(text(x.role.as_str()))
+                .bind(text(x.receipt.as_str()))
+                .bind(text(x.transaction_type.as_str()))
                 .bind(x.transaction_time)
-                .bind(x.vendor.as_deref())
-                .bind(x.affiliate.as_deref())
+                .bind(x.vendor.as_deref().map(text))
+                .bind(x.affiliate.as_deref().map(text))
                 .bind(decimal_text(x.total_account_amount))
                 .bind(decimal_text(x.total_order_amount))
                 .bind(decimal_text(x.total_tax_amount))
                 .bind(decimal_text(x.total_shipping_amount))
-                .bind(x.currency.as_deref())
-                .bind(x.version.as_deref())
+                .bind(x.currency.as_deref().map(text))
+                .bind(x.version.as_deref().map(text))
                 .bind(x.attempt_count)
                 .bind(row.form.as_str())
-                .bind(&x.payload)
+                .bind(text(&x.payload))
                 .bind(row.source_ip.map(|ip| ip.to_string()))
                 .bind(row.received_at)
                 .bind(u.copies - 1)
@@ -153,10 +160,10 @@ impl SqliteStore {
                 }
                 None => {
                     let (id, payload): (i64, String) = sqlx::query_as(COUNT_DUPLICATES)
-                        .bind(row.account.as_str())
-                        .bind(x.role.as_str())
-                        .bind(x.receipt.as_str())
-                        .bind(x.transaction_type.as_str())
+                        .bind(text(row.account.as_str()))
+                        .bind(text(x.role.as_str()))
+                        .bind(text(x.receipt.as_str()))
+                        .bind(text(x.transaction_type.as_str()))
                         .bind(x.transaction_time)
                         .bind(u.copies)
                         .bind(row.received_at)
@@ -166,6 +173,8 @@ impl SqliteStore {
                 }
             });
         }
+        // SQLite runs in this process: a COMMIT that fails did not commit
+        // (the guard then discards the connection, rolling back what is left).
         tx.commit().await?;
         Ok(out)
     }

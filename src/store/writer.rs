@@ -5,7 +5,9 @@
 //! a batch forms while the previous one commits: one fsync serves many
 //! requests instead of one.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
@@ -18,6 +20,43 @@ const MAX_BATCH: usize = 256;
 /// Requests that may wait for a writer; past that `record` waits for room
 /// (the caller's timeout then answers 503), so memory stays bounded.
 const QUEUE: usize = 4096;
+/// A commit this recent proves the store writable without probing it.
+const FRESH: Duration = Duration::from_secs(5);
+
+/// Whether commits work, as the writers last saw them: `/readyz` answers
+/// from this, and probes with a commit of its own when it is stale or bad.
+#[derive(Debug)]
+struct CommitHealth {
+    failing: AtomicBool,
+    /// Milliseconds after `epoch` of the last successful commit.
+    last_ok_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl CommitHealth {
+    fn new() -> Self {
+        Self {
+            failing: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        if ok {
+            let ms = self.epoch.elapsed().as_millis() as u64;
+            self.last_ok_ms.store(ms.max(1), Ordering::Relaxed);
+        }
+        self.failing.store(!ok, Ordering::Relaxed);
+    }
+
+    fn fresh(&self) -> bool {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        !self.failing.load(Ordering::Relaxed)
+            && last > 0
+            && self.epoch.elapsed().as_millis() as u64 - last < FRESH.as_millis() as u64
+    }
+}
 
 struct Job {
     row: NewNotification,
@@ -29,6 +68,8 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    store: Store,
+    health: Arc<CommitHealth>,
 }
 
 impl std::fmt::Debug for Job {
@@ -47,11 +88,27 @@ impl Writer {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
+        let health = Arc::new(CommitHealth::new());
         let mut tasks = JoinSet::new();
         for _ in 0..writers {
-            tasks.spawn(run(store.clone(), rx.clone()));
+            tasks.spawn(run(store.clone(), rx.clone(), health.clone()));
         }
-        (Writer { tx }, tasks)
+        (Writer { tx, store, health }, tasks)
+    }
+
+    /// Ok when the store takes commits: a notification committed in the
+    /// last few seconds and none failed since, or else a probe commit
+    /// (bounded by `timeout`) succeeds. After a failure (a full disk, a
+    /// database gone), every call probes until one commit works again.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), StoreError> {
+        if self.health.fresh() {
+            return Ok(());
+        }
+        let probe = tokio::time::timeout(timeout, self.store.probe_write())
+            .await
+            .unwrap_or(Err(StoreError::Timeout(timeout)));
+        self.health.record(probe.is_ok());
+        probe
     }
 
     /// Stores `row`; returns after the commit that contains it.
@@ -65,7 +122,7 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, health: Arc<CommitHealth>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
         {
@@ -74,30 +131,40 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 return; // every Writer dropped and the queue is empty
             }
         }
-        commit(&store, &mut jobs).await;
+        commit(&store, &health, &mut jobs).await;
     }
 }
 
-/// Commits `jobs` as one batch and answers each. If the batch fails, each
-/// row is tried alone, so one bad row cannot fail the others.
-async fn commit(store: &Store, jobs: &mut Vec<Job>) {
+/// Commits `jobs` as one batch and answers each: Ok only for rows whose
+/// commit returned success. If the database refused the batch, each row is
+/// tried alone, so one bad row cannot fail the others; if it could not be
+/// reached, or a COMMIT's outcome is unknown, every row of the batch fails
+/// (503, and ClickBank retries).
+async fn commit(store: &Store, health: &CommitHealth, jobs: &mut Vec<Job>) {
     let rows: Vec<NewNotification> = jobs.iter().map(|j| j.row.clone()).collect();
-    match store.record_batch(&rows).await {
+    let result = store.record_batch(&rows).await;
+    health.record(result.is_ok());
+    match result {
         Ok(results) => {
             for (job, result) in jobs.drain(..).zip(results) {
                 let _ = job.reply.send(Ok(result));
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            if let Some(job) = jobs.pop() {
-                let _ = job.reply.send(Err(e));
-            }
-        }
-        Err(e) => {
+        Err(e) if jobs.len() > 1 && e.worth_retrying_alone() => {
             tracing::warn!(error = %e, rows = jobs.len(), "store: batch failed; committing its rows one by one");
             for job in jobs.drain(..) {
                 let result = store.record(job.row).await;
+                health.record(result.is_ok());
                 let _ = job.reply.send(result);
+            }
+        }
+        Err(e) => {
+            if jobs.len() > 1 {
+                tracing::warn!(error = %e, rows = jobs.len(), "store: batch failed; failing its rows");
+            }
+            let e = Arc::new(e);
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(StoreError::Batch(e.clone())));
             }
         }
     }

@@ -218,7 +218,11 @@ async fn a_body_that_is_no_ins_form_gets_400_and_an_oversized_one_413(backend: B
         assert_eq!(app.post_ins(junk).await.0, 400, "for {junk:?}");
     }
     let big = format!("{{\"notification\":\"{}\",\"iv\":\"x\"}}", "A".repeat(4096));
-    assert_eq!(app.post_ins(big).await.0, 413);
+    assert_eq!(
+        app.post_ins(big).await,
+        (413, "payload too large\n".to_owned()),
+        "a fixed body, like every other refusal"
+    );
     // Other methods and paths.
     let r = app
         .client
@@ -228,12 +232,32 @@ async fn a_body_that_is_no_ins_form_gets_400_and_an_oversized_one_413(backend: B
         .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(app.post("/elsewhere", "x").await.status(), 404);
-    assert_eq!(
-        app.post("/ins/nosuchaccount", sale("NOACC001"))
-            .await
-            .status(),
-        404
-    );
+    // An unknown account answers exactly as a known one with a wrong key:
+    // same status, body and headers (but the date), so names cannot be probed.
+    let answer = |r: reqwest::Response| async move {
+        let mut headers: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .filter(|(k, _)| *k != "date")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        (r.status().as_u16(), headers, r.text().await.unwrap())
+    };
+    let unknown = answer(app.post("/ins/nosuchaccount", sale("NOACC001")).await).await;
+    let wrong_key = answer(
+        app.post(
+            "/ins/acme",
+            envelope(
+                OTHER_KEY,
+                &plaintext("NOACC001", "SALE", "2026-11-20T10:00:00-08:00", 1),
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(unknown.0, 403);
+    assert_eq!(unknown, wrong_key);
     // The server is still fine.
     assert_eq!(app.post_ins(sale("AFTER001")).await.0, 200);
     app.stop().await;

@@ -1,5 +1,6 @@
 //! The store's write path directly: batches, copies within a batch, group
-//! commit under concurrency, and a bad row that must not fail its batch.
+//! commit under concurrency, a bad row that must not fail its batch, and
+//! values one backend could not store.
 
 use std::sync::Arc;
 
@@ -138,20 +139,29 @@ async fn group_commit_under_concurrency_stores_everything_exactly_once(backend: 
     store.close().await;
 }
 
-on_both_backends!(
-    a_batch_stores_each_notification_once_and_counts_copies,
-    group_commit_under_concurrency_stores_everything_exactly_once,
-);
-
-/// Postgres refuses NUL in text: such a row fails, its batch-mates must not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_postgres_refuses_fails_alone_not_its_batch() {
-    let Some((store, _dir, _pg)) = open(Backend::Postgres).await else {
+/// A row the database refuses (here a rule the test adds: no vendor named
+/// `poison`) fails alone: its batch-mates are stored.
+async fn a_row_the_database_refuses_fails_alone_not_its_batch(backend: Backend) {
+    let Some((store, _dir, _pg)) = open(backend).await else {
         return;
     };
+    let refuse = match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON notifications \
+             WHEN NEW.vendor = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END"
+        }
+        Backend::Postgres => {
+            "ALTER TABLE notifications ADD CONSTRAINT refuse_poison CHECK (vendor <> 'poison')"
+        }
+    };
+    match &store {
+        Store::Sqlite(s) => sqlx::query(refuse).execute(s.pool()).await.map(drop),
+        Store::Postgres(s) => sqlx::query(refuse).execute(s.pool()).await.map(drop),
+    }
+    .unwrap();
     let (writer, _tasks) = Writer::spawn(store.clone());
     let t = "2026-11-20T10:00:00-08:00";
-    let poisoned = plaintext("POISON01", "SALE", t, 1).replace("acmevendor", "acme\\u0000vendor");
+    let poisoned = plaintext("POISON01", "SALE", t, 1).replace("acmevendor", "poison");
     // Stored together, the bad row fails the whole transaction...
     let together = store
         .record_batch(&[row(&plaintext("FINE9999", "SALE", t, 1)), row(&poisoned)])
@@ -173,7 +183,43 @@ async fn a_row_postgres_refuses_fails_alone_not_its_batch() {
     let results: Vec<_> = futures_join(calls).await;
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
     assert_eq!(store.recent_notifications(100).await.unwrap().len(), 49);
+    // The store still takes commits after the refusal.
+    let after = store
+        .record(row(&plaintext("AFTER001", "SALE", t, 1)))
+        .await;
+    assert!(matches!(after, Ok(Recorded::New { .. })), "{after:?}");
 }
+
+/// Postgres cannot keep NUL in `text`; a notification holding one (here in
+/// `vendor`, as `\u0000` in its JSON) is stored all the same, on both
+/// backends alike: U+FFFD in the typed column, the payload exactly as sent.
+async fn a_notification_holding_nul_is_stored(backend: Backend) {
+    let Some((store, _dir, _pg)) = open(backend).await else {
+        return;
+    };
+    let t = "2026-11-20T10:00:00-08:00";
+    let pt = plaintext("NULBYTE1", "SALE", t, 1).replace("acmevendor", "acme\\u0000vendor");
+    let out = store.record(row(&pt)).await;
+    assert!(matches!(out, Ok(Recorded::New { .. })), "{out:?}");
+    // A retry is a duplicate of it, not a second row.
+    let again = store.record(row(&pt)).await;
+    assert!(
+        matches!(again, Ok(Recorded::Duplicate { differs: false, .. })),
+        "{again:?}"
+    );
+    let rows = store.recent_notifications(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].vendor.as_deref(), Some("acme\u{FFFD}vendor"));
+    assert_eq!(rows[0].payload, pt);
+    assert_eq!(rows[0].duplicates, 1);
+}
+
+on_both_backends!(
+    a_batch_stores_each_notification_once_and_counts_copies,
+    group_commit_under_concurrency_stores_everything_exactly_once,
+    a_row_the_database_refuses_fails_alone_not_its_batch,
+    a_notification_holding_nul_is_stored,
+);
 
 async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
