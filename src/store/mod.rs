@@ -105,6 +105,8 @@ pub enum StoreError {
     /// retried (ClickBank's retry will find them, or store them).
     #[error("the outcome of a COMMIT is unknown: {0}")]
     CommitUnknown(sqlx::Error),
+    #[error("the latest commit of a notification failed")]
+    Failing,
     /// The failure of the batch a row was part of.
     #[error("{0}")]
     Batch(Arc<StoreError>),

@@ -5,7 +5,7 @@
 //! a batch forms while the previous one commits: one fsync serves many
 //! requests instead of one.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,41 +20,54 @@ const MAX_BATCH: usize = 256;
 /// Requests that may wait for a writer; past that `record` waits for room
 /// (the caller's timeout then answers 503), so memory stays bounded.
 const QUEUE: usize = 4096;
-/// A commit this recent proves the store writable without probing it.
+/// A commit this recent proves the store writable without probing it; a
+/// failed notification commit this recent makes it not ready, whatever a
+/// probe says (a one-row probe can fit where a batch does not).
 const FRESH: Duration = Duration::from_secs(5);
 
-/// Whether commits work, as the writers last saw them: `/readyz` answers
-/// from this, and probes with a commit of its own when it is stale or bad.
+/// How commits went, as the writers last saw them: `/readyz` answers from
+/// this, and probes with a commit of its own when it is stale.
 #[derive(Debug)]
 struct CommitHealth {
-    failing: AtomicBool,
-    /// Milliseconds after `epoch` of the last successful commit.
+    /// Milliseconds after `epoch` of the last successful / failed commit (0: never).
     last_ok_ms: AtomicU64,
+    last_failed_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl CommitHealth {
     fn new() -> Self {
         Self {
-            failing: AtomicBool::new(false),
             last_ok_ms: AtomicU64::new(0),
+            last_failed_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
 
-    fn record(&self, ok: bool) {
-        if ok {
-            let ms = self.epoch.elapsed().as_millis() as u64;
-            self.last_ok_ms.store(ms.max(1), Ordering::Relaxed);
-        }
-        self.failing.store(!ok, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).max(1)
     }
 
-    fn fresh(&self) -> bool {
-        let last = self.last_ok_ms.load(Ordering::Relaxed);
-        !self.failing.load(Ordering::Relaxed)
-            && last > 0
-            && self.epoch.elapsed().as_millis() as u64 - last < FRESH.as_millis() as u64
+    fn record(&self, ok: bool) {
+        let at = if ok { &self.last_ok_ms } else { &self.last_failed_ms };
+        at.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// `Some(true)`: ready without probing; `Some(false)`: not ready;
+    /// `None`: nothing recent to go by, probe.
+    fn verdict(&self) -> Option<bool> {
+        let (ok, failed) = (
+            self.last_ok_ms.load(Ordering::Relaxed),
+            self.last_failed_ms.load(Ordering::Relaxed),
+        );
+        let recent = |t: u64| t > 0 && self.now_ms() - t < FRESH.as_millis() as u64;
+        if failed > ok && recent(failed) {
+            Some(false)
+        } else if ok > failed && recent(ok) {
+            Some(true)
+        } else {
+            None
+        }
     }
 }
 
@@ -97,12 +110,15 @@ impl Writer {
     }
 
     /// Ok when the store takes commits: a notification committed in the
-    /// last few seconds and none failed since, or else a probe commit
-    /// (bounded by `timeout`) succeeds. After a failure (a full disk, a
-    /// database gone), every call probes until one commit works again.
+    /// last few seconds and none failed since; not when one failed in the
+    /// last few seconds and none succeeded since; otherwise a probe commit
+    /// (bounded by `timeout`) decides. So after a full disk it turns ready
+    /// by itself once commits work again, with or without traffic.
     pub async fn ready(&self, timeout: Duration) -> Result<(), StoreError> {
-        if self.health.fresh() {
-            return Ok(());
+        match self.health.verdict() {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(StoreError::Failing),
+            None => {}
         }
         let probe = tokio::time::timeout(timeout, self.store.probe_write())
             .await

@@ -11,6 +11,7 @@ mod actions_email;
 mod bench_smoke;
 mod cli;
 mod crash;
+mod faults;
 mod ingest;
 mod security;
 mod store;
