@@ -55,9 +55,21 @@ async fn main() -> anyhow::Result<()> {
     let sale = r#"{"transactionTime":"2026-11-20T10:00:00-08:00","receipt":"TIME0001","transactionType":"SALE","role":"VENDOR","version":6.0,"attemptCount":1}"#;
     let kinds: [(&str, &str, Box<dyn Fn() -> String>); 4] = [
         ("wrong-key", "/ins/acme", Box::new(|| enc(OTHER, sale))),
-        ("bad-json", "/ins/acme", Box::new(|| enc(KEY, "this is no json at all, not at all"))),
-        ("missing-field", "/ins/acme", Box::new(|| enc(KEY, r#"{"version":6.0}"#))),
-        ("unknown-account", "/ins/nosuch", Box::new(|| enc(KEY, sale))),
+        (
+            "bad-json",
+            "/ins/acme",
+            Box::new(|| enc(KEY, "this is no json at all, not at all")),
+        ),
+        (
+            "missing-field",
+            "/ins/acme",
+            Box::new(|| enc(KEY, r#"{"version":6.0}"#)),
+        ),
+        (
+            "unknown-account",
+            "/ins/nosuch",
+            Box::new(|| enc(KEY, sale)),
+        ),
     ];
     // One connection, reused: only the server's work differs between kinds.
     let client = reqwest::Client::builder()
@@ -75,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
             let (_, path, body) = &kinds[k];
             let body = body();
             let started = Instant::now();
-            let r = client.post(format!("{base}{path}")).body(body).send().await?;
+            let r = client
+                .post(format!("{base}{path}"))
+                .body(body)
+                .send()
+                .await?;
             let status = r.status();
             r.bytes().await?;
             let took = started.elapsed();
@@ -90,7 +106,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
 
     println!("{rounds} posts of each kind, interleaved on one connection; times in µs");
-    println!("{:<16} {:>9} {:>26}", "kind", "median", "minus wrong-key (95 % CI)");
+    println!(
+        "{:<16} {:>9} {:>26}",
+        "kind", "median", "minus wrong-key (95 % CI)"
+    );
     let base_times = times[0].clone();
     for (k, (name, _, _)) in kinds.iter().enumerate() {
         let m = median(&times[k]);
@@ -120,7 +139,9 @@ fn median(v: &[f64]) -> f64 {
 /// 95 % percentile-bootstrap interval of median(a) - median(b), 2,000 resamples.
 fn bootstrap(a: &[f64], b: &[f64], rng: &mut impl Rng) -> (f64, f64) {
     let resample = |v: &[f64], rng: &mut dyn rand::RngCore| -> f64 {
-        let s: Vec<f64> = (0..v.len()).map(|_| v[rng.random_range(0..v.len())]).collect();
+        let s: Vec<f64> = (0..v.len())
+            .map(|_| v[rng.random_range(0..v.len())])
+            .collect();
         median(&s)
     };
     let mut diffs: Vec<f64> = (0..2000)

@@ -126,10 +126,25 @@ async fn ingest(
         return Err(IngestError::SourceNotAllowed);
     }
     let candidates: Vec<&AccountKeys> = match account {
-        Some(name) => {
-            let i = *state.by_name.get(name).ok_or(IngestError::UnknownAccount)?;
-            vec![&state.accounts[i]]
-        }
+        Some(name) => match state.by_name.get(name) {
+            Some(&i) => vec![&state.accounts[i]],
+            None => {
+                // Kept like any refused post (a mistyped account in ClickBank's
+                // URL shows in `kaching rejected`), which also makes its
+                // refusal cost what a wrong key's does.
+                if let Ok(body) = &body {
+                    state.rejected.keep(NewRejected {
+                        received_at,
+                        source_ip: Some(ip),
+                        account_hint: Some(name.to_owned()),
+                        reason: "no such account".to_owned(),
+                        body: body.to_vec(),
+                        signature: None,
+                    });
+                }
+                return Err(IngestError::UnknownAccount);
+            }
+        },
         None => state.accounts.iter().collect(),
     }
     .into_iter()

@@ -49,7 +49,11 @@ impl CommitHealth {
     }
 
     fn record(&self, ok: bool) {
-        let at = if ok { &self.last_ok_ms } else { &self.last_failed_ms };
+        let at = if ok {
+            &self.last_ok_ms
+        } else {
+            &self.last_failed_ms
+        };
         at.store(self.now_ms(), Ordering::Relaxed);
     }
 

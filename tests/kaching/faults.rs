@@ -215,8 +215,15 @@ async fn sqlite_on_a_full_disk_acknowledges_only_stored_rows_and_recovers_by_its
     crate::support::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
-    let Some(fs) = (if is_root() { Tmpfs::mount(&mnt, "4m") } else { None }) else {
-        assert!(!under_ci(), "CI runs as root and must mount a tmpfs for the full-disk test");
+    let Some(fs) = (if is_root() {
+        Tmpfs::mount(&mnt, "4m")
+    } else {
+        None
+    }) else {
+        assert!(
+            !under_ci(),
+            "CI runs as root and must mount a tmpfs for the full-disk test"
+        );
         loud("SKIPPED the full-disk test: it mounts a tmpfs, which needs root");
         return;
     };
@@ -230,8 +237,19 @@ async fn sqlite_on_a_full_disk_acknowledges_only_stored_rows_and_recovers_by_its
 
     // Fill the disk: post until 50 posts have been refused.
     let deadline = Instant::now() + Duration::from_secs(120);
-    join(posters(&app, &ledger, "FULL", 16, |l| l.refused >= 50, deadline)).await;
-    assert!(ledger.lock().unwrap().refused >= 50, "the disk never filled");
+    join(posters(
+        &app,
+        &ledger,
+        "FULL",
+        16,
+        |l| l.refused >= 50,
+        deadline,
+    ))
+    .await;
+    assert!(
+        ledger.lock().unwrap().refused >= 50,
+        "the disk never filled"
+    );
     assert_eq!(ready(&app).await, 503, "/readyz while commits fail");
     let (acked, stored) = check_ledger(&app, &ledger).await;
     eprintln!("full disk: {acked} acknowledged, {stored} stored");
@@ -288,8 +306,19 @@ async fn sqlite_at_its_size_cap_acknowledges_only_stored_rows_and_recovers_by_it
     let app = Arc::new(app);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let deadline = Instant::now() + Duration::from_secs(120);
-    join(posters(&app, &ledger, "CAP", 16, |l| l.refused >= 50, deadline)).await;
-    assert!(ledger.lock().unwrap().refused >= 50, "the cap was never reached");
+    join(posters(
+        &app,
+        &ledger,
+        "CAP",
+        16,
+        |l| l.refused >= 50,
+        deadline,
+    ))
+    .await;
+    assert!(
+        ledger.lock().unwrap().refused >= 50,
+        "the cap was never reached"
+    );
     assert_eq!(ready(&app).await, 503, "/readyz while commits fail");
     let (acked, stored) = check_ledger(&app, &ledger).await;
     eprintln!("size cap: {acked} acknowledged, {stored} stored");
@@ -371,8 +400,11 @@ impl OwnPostgres {
             as_postgres,
         };
         let data = pg.data.to_str()?.to_owned();
-        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"])
-            .then_some(())?;
+        pg.run(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        )
+        .then_some(())?;
         pg.start().then_some(pg)
     }
 
@@ -385,7 +417,16 @@ impl OwnPostgres {
         let log = self.data.join("server.log");
         self.run(
             "pg_ctl",
-            &["-D", data, "-o", &opts, "-l", log.to_str().unwrap_or_default(), "-w", "start"],
+            &[
+                "-D",
+                data,
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap_or_default(),
+                "-w",
+                "start",
+            ],
         )
     }
 
@@ -414,7 +455,10 @@ async fn postgres_stopped_hard_mid_commit_acknowledges_only_stored_rows() {
     crate::support::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let Some(pg) = OwnPostgres::create(dir.path()) else {
-        assert!(!under_ci(), "CI must be able to run a Postgres server of its own (initdb)");
+        assert!(
+            !under_ci(),
+            "CI must be able to run a Postgres server of its own (initdb)"
+        );
         loud("SKIPPED the Postgres hard-stop test: cannot initdb/start a server of its own");
         return;
     };
@@ -477,7 +521,7 @@ async fn commit_cutting_proxy(
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                let down = tokio::spawn(async move {
+                let mut down = tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut sr, &mut cw).await;
                 });
                 let mut buf = vec![0u8; 64 * 1024];
@@ -487,18 +531,21 @@ async fn commit_cutting_proxy(
                         Ok(n) => n,
                     };
                     let chunk = &buf[..n];
-                    let is_commit = chunk.windows(COMMIT.len()).any(|w| w == COMMIT);
+                    let cut = chunk.windows(COMMIT.len()).any(|w| w == COMMIT)
+                        && cuts
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                            .is_ok();
+                    if cut {
+                        // Stop relaying answers first, then let the server
+                        // commit, then break the connection: the answer is lost.
+                        down.abort();
+                        let _ = (&mut down).await;
+                    }
                     if sw.write_all(chunk).await.is_err() {
                         break;
                     }
-                    if is_commit
-                        && cuts
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
-                            .is_ok()
-                    {
-                        // Let the server commit, then lose its answer.
+                    if cut {
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        down.abort();
                         return;
                     }
                 }
