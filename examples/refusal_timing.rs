@@ -23,6 +23,9 @@ use rand::Rng;
 use secrecy::SecretString;
 
 const KEY: &str = "TIMINGKEY0000001";
+
+/// A kind of refused post: its name, the path it goes to, and how to make one.
+type Kind = (&'static str, &'static str, Box<dyn Fn() -> String>);
 const OTHER: &str = "SOMEOTHERKEY0002";
 
 #[tokio::main]
@@ -53,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     }));
 
     let sale = r#"{"transactionTime":"2026-11-20T10:00:00-08:00","receipt":"TIME0001","transactionType":"SALE","role":"VENDOR","version":6.0,"attemptCount":1}"#;
-    let kinds: [(&str, &str, Box<dyn Fn() -> String>); 4] = [
+    let kinds: [Kind; 4] = [
         ("wrong-key", "/ins/acme", Box::new(|| enc(OTHER, sale))),
         (
             "bad-json",
