@@ -55,18 +55,18 @@ async fn main() -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
-    let sale = r#"{"transactionTime":"2026-11-20T10:00:00-08:00","receipt":"TIME0001","transactionType":"SALE","role":"VENDOR","version":6.0,"attemptCount":1}"#;
+    let sale = SALE;
     let kinds: [Kind; 4] = [
         ("wrong-key", "/ins/acme", Box::new(|| enc(OTHER, sale))),
         (
             "bad-json",
             "/ins/acme",
-            Box::new(|| enc(KEY, "this is no json at all, not at all")),
+            Box::new(|| enc(KEY, &same_length("this is no json at all"))),
         ),
         (
             "missing-field",
             "/ins/acme",
-            Box::new(|| enc(KEY, r#"{"version":6.0}"#)),
+            Box::new(|| enc(KEY, &same_length(r#"{"version":6.0}"#))),
         ),
         (
             "unknown-account",
@@ -127,6 +127,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sale's plaintext, used by the other kinds.
+const SALE: &str = r#"{"transactionTime":"2026-11-20T10:00:00-08:00","receipt":"TIME0001","transactionType":"SALE","role":"VENDOR","version":6.0,"attemptCount":1}"#;
+
+/// `text` padded with spaces (JSON white space) to the sale's length, so
+/// that every kind's body is as long and only the server's checks differ.
+fn same_length(text: &str) -> String {
+    format!("{text:<width$}", width = SALE.len())
 }
 
 fn enc(key: &str, plaintext: &str) -> String {
