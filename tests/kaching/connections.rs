@@ -418,7 +418,7 @@ async fn idle_connections_by_the_thousand_do_not_stop_genuine_notifications() {
     .await;
 }
 
-/// Waits for the server to close `read`'s connection; returns how long it took.
+/// Waits for `closed` (the server closed the connection); returns how long it took.
 async fn closed_within<F: std::future::Future>(within: Duration, closed: F) -> Duration {
     let started = Instant::now();
     tokio::time::timeout(within, closed)
