@@ -23,6 +23,7 @@ pub struct App {
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<http::connections::Limits>,
     grace: Duration,
 }
 
@@ -75,6 +76,8 @@ impl App {
             settings, store, writer, actions, dispatch, rejected,
         )?);
         let router = http::router(settings, state.clone());
+        let caps = http::connections::caps(settings);
+        let limits = Arc::new(http::connections::Limits::new(settings, caps));
         Ok(App {
             state,
             writers,
@@ -83,6 +86,7 @@ impl App {
             token,
             router,
             tls,
+            limits,
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
         })
     }
@@ -112,7 +116,15 @@ impl App {
             accounts = self.state.accounts.len(),
             "http: listening"
         );
-        http::server::serve(listener, self.tls, self.router, token, self.grace).await;
+        http::server::serve(
+            listener,
+            self.tls,
+            self.router,
+            self.limits,
+            token,
+            self.grace,
+        )
+        .await;
         // The writers stop once the last request holding a handle is gone.
         let store = self.state.store.clone();
         drop(self.state);

@@ -59,6 +59,16 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout_ms: u64,
+    /// A new connection that has not started a request this long after it
+    /// was accepted (TLS handshake included) is closed.
+    pub first_request_timeout_ms: u64,
+    /// A connection with no request in flight (a kept-alive HTTP/1.1 one, an
+    /// HTTP/2 one with no open stream) is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// Open connections in all; at start it is lowered to fit the open-file limit.
+    pub max_connections: usize,
+    /// Open connections from one source address (`security.trusted_proxies` are exempt).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerSettings {
@@ -70,6 +80,23 @@ impl Default for ServerSettings {
             max_body_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            // The same bound as the TLS handshake and the HTTP/1.1 request
+            // head: a genuine sender (ClickBank) posts at once on a fresh
+            // connection, well within a second.
+            first_request_timeout_ms: 10_000,
+            // Long enough for a relaying proxy or a client to reuse a
+            // kept-alive connection for its next post, short enough that idle
+            // ones cannot pile up: one idle client costs one file descriptor
+            // for at most 15 s.
+            idle_timeout_ms: 15_000,
+            // ClickBank posts a few notifications at a time; 10,000 is far
+            // above any genuine load and is clamped at start to the open-file
+            // limit less a reserve (the database pool, files, actions).
+            max_connections: 10_000,
+            // One sender needs a handful; 256 leaves room for many clients
+            // behind one NAT address while one address cannot take the
+            // whole budget (1,024 descriptors by default under systemd).
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -432,6 +459,24 @@ impl Settings {
         }
         if s.request_timeout_ms == 0 {
             return Err(invalid("server.request_timeout_ms", "must be positive"));
+        }
+        if s.first_request_timeout_ms == 0 {
+            return Err(invalid(
+                "server.first_request_timeout_ms",
+                "must be positive",
+            ));
+        }
+        if s.idle_timeout_ms == 0 {
+            return Err(invalid("server.idle_timeout_ms", "must be positive"));
+        }
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if s.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "server.max_connections_per_ip",
+                "must be at least 1",
+            ));
         }
         match self.tls.mode {
             TlsMode::Files => match (&self.tls.cert_path, &self.tls.key_path) {

@@ -3,6 +3,7 @@
 //! [`crate::ins`] module, storage to [`crate::store`].
 
 mod client_ip;
+pub mod connections;
 mod error;
 mod ins_handler;
 mod keeper;

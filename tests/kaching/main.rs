@@ -10,6 +10,7 @@ mod actions;
 mod actions_email;
 mod bench_smoke;
 mod cli;
+mod connections;
 mod crash;
 mod faults;
 mod ingest;

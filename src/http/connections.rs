@@ -1,0 +1,507 @@
+//! Open connections: what each is doing (requests in flight, last activity),
+//! the caps on how many may be open (in all and per source address), and
+//! which idle one makes room when a cap is reached.
+//!
+//! The request path touches only the connection's own atomics; the shared
+//! registry is locked once when a connection opens and once when it closes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Settings;
+
+/// Descriptors kept out of the connection budget for everything else: stdio,
+/// the runtime's epoll and wake-up descriptors, the listener, SQLite's
+/// database, journal and WAL files, the certificate files, and room for an
+/// operator listener. 64 is several times what a running daemon shows in
+/// `/proc/PID/fd` besides its connections and its database pool.
+const FD_RESERVE: u64 = 64;
+/// Connections made to close (to make room) that may still hold their
+/// descriptor: beyond this, new connections are refused until they are gone.
+/// Closing an idle connection takes a poll, so 64 is never reached unless
+/// the accept loop outruns the runtime.
+const CLOSING_HEADROOM: usize = 64;
+/// Descriptors one action execution may hold: a webhook's socket, or a
+/// command's stdin, stdout and stderr pipes.
+const FDS_PER_ACTION_SLOT: u64 = 3;
+
+/// The caps in force, derived once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub total: usize,
+    pub per_ip: usize,
+    /// The soft open-file limit after raising it, if it could be read.
+    pub nofile: Option<u64>,
+}
+
+/// Raises the soft open-file limit to the hard limit, logs the outcome, and
+/// clamps `server.max_connections` so that `accept` always has a descriptor
+/// to spare for the database pool, files and actions.
+pub fn caps(settings: &Settings) -> Caps {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            tracing::info!(
+                before = before.map(|(soft, _)| soft),
+                soft = n,
+                hard = before.map(|(_, hard)| hard),
+                "http: open-file limit raised to the hard limit"
+            );
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "http: cannot raise the open-file limit");
+            before.map(|(soft, _)| soft)
+        }
+    };
+    let actions: u64 = settings
+        .actions
+        .iter()
+        .filter(|a| a.enabled)
+        .map(|a| u64::from(a.concurrency))
+        .sum();
+    let reserve = FD_RESERVE
+        + CLOSING_HEADROOM as u64
+        + u64::from(settings.database.max_connections)
+        + actions * FDS_PER_ACTION_SLOT;
+    let configured = settings.server.max_connections;
+    let total = match nofile {
+        Some(n) => {
+            let room = usize::try_from(n.saturating_sub(reserve)).unwrap_or(usize::MAX);
+            configured.min(room).max(1)
+        }
+        None => configured,
+    };
+    if total < configured {
+        tracing::warn!(
+            configured,
+            effective = total,
+            nofile,
+            reserve,
+            "http: server.max_connections lowered to fit the open-file limit"
+        );
+    }
+    let per_ip = settings.server.max_connections_per_ip.min(total);
+    tracing::info!(
+        max_connections = total,
+        max_connections_per_ip = per_ip,
+        "http: connection limits"
+    );
+    Caps {
+        total,
+        per_ip,
+        nofile,
+    }
+}
+
+/// One connection's state, shared by its task and its requests.
+#[derive(Debug)]
+pub struct Conn {
+    id: u64,
+    ip: IpAddr,
+    epoch: Instant,
+    in_flight: AtomicU32,
+    /// Milliseconds since `epoch` of the last request's start or end (or of
+    /// the accept, before the first request).
+    last_active_ms: AtomicU64,
+    served: AtomicBool,
+    evict: Notify,
+}
+
+impl Conn {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last_active_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// When this connection is to be closed for idleness if nothing happens
+    /// before: `Ok(deadline)` while idle, `Err(recheck)` while a request is in flight.
+    pub fn idle_deadline(
+        &self,
+        first_request: Duration,
+        idle: Duration,
+    ) -> Result<Instant, Instant> {
+        let limit = if self.served.load(Ordering::Relaxed) {
+            idle
+        } else {
+            first_request
+        };
+        if !self.is_idle() {
+            return Err(Instant::now() + limit);
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+        Ok(self.epoch + last + limit)
+    }
+
+    /// Resolves once the registry picked this connection to make room.
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+
+    /// No request in flight right now.
+    pub fn idle_now(&self) -> bool {
+        self.is_idle()
+    }
+}
+
+/// A request in flight on its connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Touch first, so whoever sees zero requests also sees the fresh time.
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    /// Open connections by address, oldest first (ids grow with time).
+    by_ip: HashMap<IpAddr, BTreeMap<u64, Arc<Conn>>>,
+    /// (open connections, address), to find the heaviest address.
+    by_load: BTreeSet<(usize, IpAddr)>,
+    /// Connections in `by_ip`.
+    live: usize,
+    /// Connections picked to make room whose task has not ended yet.
+    closing: usize,
+}
+
+impl Registry {
+    fn count(&self, ip: IpAddr) -> usize {
+        self.by_ip.get(&ip).map_or(0, BTreeMap::len)
+    }
+
+    fn insert(&mut self, conn: Arc<Conn>) {
+        let ip = conn.ip;
+        let n = self.count(ip);
+        self.by_load.remove(&(n, ip));
+        self.by_load.insert((n + 1, ip));
+        self.by_ip.entry(ip).or_default().insert(conn.id, conn);
+        self.live += 1;
+    }
+
+    /// Removes a live connection; false if it was not (any more) registered.
+    fn remove(&mut self, ip: IpAddr, id: u64) -> bool {
+        let Some(conns) = self.by_ip.get_mut(&ip) else {
+            return false;
+        };
+        let n = conns.len();
+        if conns.remove(&id).is_none() {
+            return false;
+        }
+        self.by_load.remove(&(n, ip));
+        if n > 1 {
+            self.by_load.insert((n - 1, ip));
+        } else {
+            self.by_ip.remove(&ip);
+        }
+        self.live -= 1;
+        true
+    }
+
+    /// The oldest connection of `ip` with no request in flight.
+    fn oldest_idle_of(&self, ip: IpAddr) -> Option<Arc<Conn>> {
+        self.by_ip.get(&ip)?.values().find(|c| c.is_idle()).cloned()
+    }
+
+    /// The oldest idle connection of the address holding the most: a flood
+    /// from some addresses does not push out a sender that holds one or two.
+    fn oldest_idle_of_heaviest(&self) -> Option<Arc<Conn>> {
+        self.by_load
+            .iter()
+            .rev()
+            .find_map(|&(_, ip)| self.oldest_idle_of(ip))
+    }
+
+    /// Takes `victim` out of the registry and tells its task to close.
+    fn evict(&mut self, victim: &Conn) {
+        if self.remove(victim.ip, victim.id) {
+            self.closing += 1;
+            victim.evict.notify_one();
+        }
+    }
+}
+
+/// Why a connection was closed or refused, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    PerIp,
+    Total,
+    Closing,
+}
+
+impl Cap {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cap::PerIp => "server.max_connections_per_ip",
+            Cap::Total => "server.max_connections",
+            Cap::Closing => "connections still closing",
+        }
+    }
+}
+
+/// The caps and the registry of open connections.
+#[derive(Debug)]
+pub struct Limits {
+    caps: Caps,
+    exempt: Vec<IpNet>,
+    pub first_request: Duration,
+    pub idle: Duration,
+    epoch: Instant,
+    registry: Mutex<Registry>,
+    evicted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Limits {
+    pub fn new(settings: &Settings, caps: Caps) -> Limits {
+        Limits {
+            caps,
+            exempt: settings.security.trusted_proxies.clone(),
+            first_request: Duration::from_millis(settings.server.first_request_timeout_ms),
+            idle: Duration::from_millis(settings.server.idle_timeout_ms),
+            epoch: Instant::now(),
+            registry: Mutex::default(),
+            evicted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection just accepted from `ip`, closing an idle one
+    /// first when a cap is reached; `None` when it must be refused.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Registration> {
+        let mut reg = self.lock();
+        if reg.live + reg.closing >= self.caps.total + CLOSING_HEADROOM {
+            drop(reg);
+            self.refuse(ip, Cap::Closing);
+            return None;
+        }
+        let exempt = self.exempt.iter().any(|n| n.contains(&ip));
+        if !exempt && reg.count(ip) >= self.caps.per_ip {
+            match reg.oldest_idle_of(ip) {
+                Some(victim) => {
+                    reg.evict(&victim);
+                    self.note_eviction(ip, &victim, Cap::PerIp);
+                }
+                None => {
+                    drop(reg);
+                    self.refuse(ip, Cap::PerIp);
+                    return None;
+                }
+            }
+        }
+        if reg.live >= self.caps.total {
+            match reg.oldest_idle_of_heaviest() {
+                Some(victim) => {
+                    reg.evict(&victim);
+                    self.note_eviction(ip, &victim, Cap::Total);
+                }
+                None => {
+                    drop(reg);
+                    self.refuse(ip, Cap::Total);
+                    return None;
+                }
+            }
+        }
+        reg.next_id += 1;
+        let conn = Arc::new(Conn {
+            id: reg.next_id,
+            ip,
+            epoch: self.epoch,
+            in_flight: AtomicU32::new(0),
+            last_active_ms: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        conn.touch();
+        reg.insert(conn.clone());
+        Some(Registration {
+            limits: self.clone(),
+            conn,
+        })
+    }
+
+    fn note_eviction(&self, ip: IpAddr, victim: &Conn, cap: Cap) {
+        tracing::debug!(peer = %ip, victim = %victim.ip, cap = cap.as_str(), "http: closing an idle connection to make room");
+        // A flood must not flood the log too: say so at 1, 2, 4, 8… events.
+        let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                evicted = n,
+                cap = cap.as_str(),
+                "http: connection limit reached; closing idle connections to make room"
+            );
+        }
+    }
+
+    fn refuse(&self, ip: IpAddr, cap: Cap) {
+        tracing::debug!(peer = %ip, cap = cap.as_str(), "http: connection refused: limit reached and none idle");
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                refused = n,
+                cap = cap.as_str(),
+                "http: connection limit reached with no idle connection; refusing new ones"
+            );
+        }
+    }
+
+    /// Connections open now (live, closing).
+    #[cfg(test)]
+    fn open(&self) -> (usize, usize) {
+        let reg = self.lock();
+        (reg.live, reg.closing)
+    }
+}
+
+/// An admitted connection; dropping it (when its task ends) frees its place.
+#[derive(Debug)]
+pub struct Registration {
+    limits: Arc<Limits>,
+    conn: Arc<Conn>,
+}
+
+impl Registration {
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut reg = self.limits.lock();
+        if !reg.remove(self.conn.ip, self.conn.id) {
+            reg.closing = reg.closing.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_ip: usize, exempt: &[&str]) -> Arc<Limits> {
+        let mut s = Settings::default();
+        s.security.trusted_proxies = exempt.iter().map(|n| n.parse().unwrap()).collect();
+        Arc::new(Limits::new(
+            &s,
+            Caps {
+                total,
+                per_ip,
+                nofile: None,
+            },
+        ))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_per_address_cap_closes_that_address_s_oldest_idle_connection() {
+        let l = limits(100, 2, &[]);
+        let a1 = l.admit(ip("10.0.0.1")).unwrap();
+        let a2 = l.admit(ip("10.0.0.1")).unwrap();
+        let b1 = l.admit(ip("10.0.0.2")).unwrap();
+        let a3 = l.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(l.open(), (3, 1));
+        // a1 was told to close; the others were not.
+        tokio::time::timeout(Duration::from_millis(10), a1.conn().evicted())
+            .await
+            .expect("a1 evicted");
+        for other in [&a2, &b1, &a3] {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), other.conn().evicted())
+                    .await
+                    .is_err()
+            );
+        }
+        drop(a1);
+        assert_eq!(l.open(), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn a_full_address_with_every_connection_busy_is_refused() {
+        let l = limits(100, 2, &[]);
+        let a1 = l.admit(ip("10.0.0.1")).unwrap();
+        let a2 = l.admit(ip("10.0.0.1")).unwrap();
+        let _r1 = a1.conn().begin();
+        let _r2 = a2.conn().begin();
+        assert!(l.admit(ip("10.0.0.1")).is_none());
+        assert!(l.admit(ip("10.0.0.2")).is_some());
+    }
+
+    #[tokio::test]
+    async fn trusted_proxies_are_exempt_from_the_per_address_cap() {
+        let l = limits(100, 2, &["10.0.0.0/8"]);
+        let held: Vec<_> = (0..10).map(|_| l.admit(ip("10.0.0.1")).unwrap()).collect();
+        assert_eq!(l.open(), (10, 0));
+        drop(held);
+        assert_eq!(l.open(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_total_cap_takes_room_from_the_heaviest_address() {
+        let l = limits(4, 100, &[]);
+        let light = l.admit(ip("10.0.0.9")).unwrap();
+        let heavy: Vec<_> = (0..3).map(|_| l.admit(ip("10.0.0.1")).unwrap()).collect();
+        let _new = l.admit(ip("10.0.0.9")).unwrap();
+        tokio::time::timeout(Duration::from_millis(10), heavy[0].conn().evicted())
+            .await
+            .expect("the heavy address's oldest goes");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), light.conn().evicted())
+                .await
+                .is_err()
+        );
+        assert_eq!(l.open(), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn the_idle_deadline_counts_from_the_last_request() {
+        let l = limits(4, 4, &[]);
+        let c = l.admit(ip("10.0.0.1")).unwrap();
+        let (first, idle) = (Duration::from_secs(10), Duration::from_secs(15));
+        let fresh = c.conn().idle_deadline(first, idle).unwrap();
+        assert!(fresh <= Instant::now() + first);
+        let r = c.conn().begin();
+        assert!(c.conn().idle_deadline(first, idle).is_err(), "busy");
+        drop(r);
+        let after = c.conn().idle_deadline(first, idle).unwrap();
+        assert!(
+            after > fresh,
+            "idle now counts from the request's end, with the longer limit"
+        );
+    }
+}
