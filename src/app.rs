@@ -10,9 +10,14 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{Actions, Dispatcher};
+use arc_swap::ArcSwap;
+use tokio::sync::broadcast;
+
+use crate::actions::Dispatcher;
 use crate::config::{Settings, TlsMode};
-use crate::http::{self, AppState, RejectedKeeper};
+use crate::http::{self, AppState};
+use crate::ingest::{Committed, Ingest, RejectedKeeper};
+use crate::runtime::{Live, Runtime};
 use crate::store::{Store, Writer};
 
 pub struct App {
@@ -46,7 +51,7 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> anyhow::Result<St
 impl App {
     /// Connects and migrates the store, loads or makes the TLS certificate.
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
-        settings.validate().context("invalid configuration")?;
+        let runtime = Runtime::build(settings).context("invalid configuration")?;
         let store = open_store(settings, true).await?;
         tracing::info!(backend = store.backend(), "store: migrated");
         let tls = http::tls::server_config(&settings.tls, settings.server.listen)?;
@@ -65,16 +70,16 @@ impl App {
             );
         }
         let (writer, writers) = Writer::spawn(store.clone());
-        let actions = Arc::new(Actions::from_settings(&settings.actions)?);
         let token = CancellationToken::new();
         let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
         let (dispatch, dispatcher) =
-            Dispatcher::spawn(store.clone(), actions.clone(), token.clone(), grace);
+            Dispatcher::spawn(store.clone(), runtime.actions.clone(), token.clone(), grace);
         let (rejected, keeper) =
             RejectedKeeper::spawn(store.clone(), settings.security.rejected_max_rows);
-        let state = Arc::new(AppState::new(
-            settings, store, writer, actions, dispatch, rejected,
-        )?);
+        let live: Live = Arc::new(ArcSwap::from_pointee(runtime));
+        let ingest = Ingest::new(live.clone(), writer, Some(rejected));
+        tokio::spawn(hint_new_runs(ingest.subscribe(), dispatch));
+        let state = Arc::new(AppState { store, ingest });
         let router = http::router(settings, state.clone());
         let caps = http::connections::caps(settings);
         let limits = Arc::new(http::connections::Limits::new(settings, caps));
@@ -113,7 +118,7 @@ impl App {
         tracing::info!(
             %addr,
             tls = self.tls.is_some(),
-            accounts = self.state.accounts.len(),
+            accounts = self.state.ingest.runtime().accounts.len(),
             "http: listening"
         );
         http::server::serve(
@@ -147,5 +152,22 @@ impl App {
         store.close().await;
         tracing::info!("kaching: stopped");
         Ok(())
+    }
+}
+
+/// The dispatcher's fast path: the runs of every commit, as they happen. A
+/// lagging receiver skips hints, which the dispatcher's poller makes up for.
+async fn hint_new_runs(mut events: broadcast::Receiver<Arc<Committed>>, dispatcher: Dispatcher) {
+    loop {
+        match events.recv().await {
+            Ok(committed) => dispatcher.notify(&committed.runs),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(
+                    missed,
+                    "dispatcher: hints lagged; the poller finds those runs"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }

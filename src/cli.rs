@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::actions::Actions;
 use crate::app::{open_store, App};
 use crate::config::Settings;
+use crate::runtime::Runtime;
 use crate::store::RunStatus;
 use crate::{ins, rejected, shutdown, telemetry};
 
@@ -145,6 +146,7 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// The settings, checked as far as they can be without building anything.
 fn load(cli: &Cli) -> anyhow::Result<Settings> {
     let settings = Settings::load(cli.config.as_deref())?;
     settings.validate()?;
@@ -171,13 +173,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig => {
-            let settings = load(&cli)?;
+            // The very build `serve` and a reload do: they cannot disagree.
+            let settings = Settings::load(cli.config.as_deref())?;
+            Runtime::build(&settings)?;
             print!("{}", settings.to_redacted_toml());
             eprintln!("configuration is valid");
             Ok(())
         }
         Command::Serve => {
-            let settings = load(&cli)?;
+            // App::build validates, through the runtime's one build.
+            let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
             let app = App::build(&settings).await?;
             let listener = tokio::net::TcpListener::bind(settings.server.listen)

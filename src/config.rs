@@ -1,7 +1,9 @@
 //! Settings: one loader in layers (serde defaults, then the TOML file, then
 //! `KACHING__SECTION__KEY` environment variables), then an explicit
-//! [`Settings::validate`] that names the offending key. Secrets stay in
-//! [`SecretString`]s and are redacted wherever settings are printed.
+//! [`Settings::validate`] that names the offending key. Data and loading
+//! only: this module imports nothing of the application (the runtime is
+//! built from it in [`crate::runtime`]). Secrets stay in [`SecretString`]s
+//! and are redacted wherever settings are printed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,10 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::ins::{AccountKey, AccountKeys, AccountName};
 
 /// The key of the demo account in `config/kaching.toml`. It is public (it is in
 /// the README), so the daemon refuses to use it on anything but loopback.
@@ -444,8 +444,11 @@ impl Settings {
         Ok(builder.build()?.try_deserialize()?)
     }
 
-    /// Checks everything that can be checked before serving, so that a mistake
-    /// shows at boot and not as a 503 on the first notification.
+    /// The checks that need nothing but the settings themselves. What needs
+    /// resolving (secrets from the environment or files, action clients and
+    /// templates) is checked by building the runtime from them
+    /// ([`crate::runtime::Runtime::build`]), the one step `serve`, reloads
+    /// and `check-config` share.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         if !s.ins_path.starts_with('/') || s.ins_path.len() < 2 || s.ins_path.ends_with('/') {
@@ -530,9 +533,6 @@ impl Settings {
                 "no [[accounts]] configured: kaching could authenticate nothing",
             ));
         }
-        self.account_keys()?;
-        crate::actions::Actions::from_settings(&self.actions)?;
-        let loopback = self.server.listen.ip().is_loopback();
         for (i, a) in self.accounts.iter().enumerate() {
             if self.accounts[..i].iter().any(|b| b.name == a.name) {
                 return Err(invalid(
@@ -540,116 +540,12 @@ impl Settings {
                     format!("`{}` is used twice", a.name),
                 ));
             }
-            let uses_demo = a
-                .secrets(i)?
-                .iter()
-                .any(|k| k.expose_secret() == DEMO_SECRET_KEY);
-            if uses_demo && !loopback {
-                return Err(invalid(
-                    format!("accounts[{i}].secret_key"),
-                    format!(
-                        "the demo key is public; refusing to use it on {} (use a loopback address or your own key)",
-                        self.server.listen
-                    ),
-                ));
-            }
         }
         Ok(())
-    }
-
-    /// Resolves every account's keys (inline, environment variable or file).
-    pub fn account_keys(&self) -> Result<Vec<AccountKeys>, ConfigError> {
-        self.accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| a.resolve(i))
-            .collect()
     }
 
     /// The effective settings as TOML, secrets and passwords redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
     }
-}
-
-impl AccountSettings {
-    /// The current key first, then the previous ones.
-    fn secrets(&self, i: usize) -> Result<Vec<SecretString>, ConfigError> {
-        let key = |k: &str| format!("accounts[{i}].{k}");
-        let current: SecretString = match (
-            &self.secret_key,
-            &self.secret_key_env,
-            &self.secret_key_file,
-        ) {
-            (Some(k), None, None) => k.clone(),
-            (None, Some(var), None) => {
-                std::env::var(var).map(SecretString::from).map_err(|_| {
-                    invalid(
-                        key("secret_key_env"),
-                        format!("environment variable `{var}` is not set"),
-                    )
-                })?
-            }
-            (None, None, Some(path)) => std::fs::read_to_string(path)
-                .map(|s| SecretString::from(s.trim().to_owned()))
-                .map_err(|e| {
-                    invalid(
-                        key("secret_key_file"),
-                        format!("cannot read `{}`: {e}", path.display()),
-                    )
-                })?,
-            _ => {
-                return Err(invalid(
-                    key("secret_key"),
-                    "set exactly one of secret_key, secret_key_env, secret_key_file",
-                ))
-            }
-        };
-        check_secret(&current).map_err(|m| invalid(key("secret_key"), m))?;
-        let mut all = vec![current];
-        for (j, k) in self.previous_secret_keys.iter().enumerate() {
-            check_secret(k).map_err(|m| invalid(key(&format!("previous_secret_keys[{j}]")), m))?;
-            all.push(k.clone());
-        }
-        Ok(all)
-    }
-
-    fn resolve(&self, i: usize) -> Result<AccountKeys, ConfigError> {
-        let name = AccountName::parse(&self.name)
-            .map_err(|e| invalid(format!("accounts[{i}].name"), e))?;
-        let hmac_header = match self.hmac_header.trim() {
-            "" => None,
-            h if h
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-            {
-                Some(h.to_ascii_lowercase())
-            }
-            h => {
-                return Err(invalid(
-                    format!("accounts[{i}].hmac_header"),
-                    format!("`{h}` is not a header name"),
-                ))
-            }
-        };
-        Ok(AccountKeys {
-            name,
-            keys: self.secrets(i)?.into_iter().map(AccountKey::new).collect(),
-            legacy_cverify: self.legacy_cverify,
-            hmac_header,
-        })
-    }
-}
-
-/// ClickBank's keys are up to 16 upper-case letters and digits; anything else is
-/// almost certainly a paste error (a trailing space, the account's nickname…).
-fn check_secret(k: &SecretString) -> Result<(), String> {
-    let k = k.expose_secret();
-    if k.is_empty() {
-        return Err("is empty".into());
-    }
-    if k.len() > 64 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("must be printable ASCII without spaces, at most 64 characters".into());
-    }
-    Ok(())
 }

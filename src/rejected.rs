@@ -4,12 +4,17 @@
 //! from the rejected table; the rest stay. Their action runs are picked up
 //! by the running daemon's dispatcher.
 
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
 use chrono::Utc;
 
-use crate::actions::Actions;
 use crate::config::Settings;
-use crate::ins::{self, AccountKeys};
-use crate::store::{NewNotification, Recorded, Store};
+use crate::ingest::{Ingest, IngestError, Post};
+use crate::runtime::Runtime;
+use crate::store::{Recorded, Store, Writer};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reprocessed {
@@ -21,9 +26,14 @@ pub struct Reprocessed {
 /// Rows handled per round trip, so a full table is not loaded at once.
 const BATCH: i64 = 500;
 
+/// Each kept post goes through the same pipeline as a live one (allowlists,
+/// the account it named, authentication, actions, group commit), except
+/// that a post failing again is not kept a second time and does not count
+/// against its address's failure limit.
 pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Reprocessed> {
-    let accounts = settings.account_keys()?;
-    let actions = Actions::from_settings(&settings.actions)?;
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(settings)?));
+    let (writer, _writers) = Writer::spawn(store.clone());
+    let ingest = Ingest::for_reprocessing(runtime, writer);
     let mut summary = Reprocessed::default();
     let mut seen = 0i64;
     loop {
@@ -31,39 +41,34 @@ pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Rep
         let Some(last) = rows.last() else { break };
         seen = last.id;
         for row in &rows {
-            let candidates: Vec<&AccountKeys> = match &row.account_hint {
-                Some(name) => accounts
-                    .iter()
-                    .filter(|a| a.name.as_str() == name)
-                    .collect(),
-                None => accounts.iter().collect(),
-            };
             let signature = row.signature.as_deref();
             let header = |_: &str| signature;
-            let auth = match ins::authenticate(&row.body, &header, &candidates) {
-                Ok(auth) => auth,
+            let post = Post {
+                source_ip: row
+                    .source_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse().ok())
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                account_hint: row.account_hint.as_deref(),
+                body: Ok(Bytes::copy_from_slice(&row.body)),
+                header: &header,
+                received_at: Utc::now(),
+            };
+            match ingest.ingest(post).await {
+                Ok(accepted) => match accepted.recorded {
+                    Recorded::New { id, .. } => {
+                        summary.stored += 1;
+                        tracing::info!(rejected_id = row.id, id, receipt = %accepted.notification.notification.receipt, "rejected: stored");
+                    }
+                    Recorded::Duplicate { id, .. } => {
+                        summary.duplicates += 1;
+                        tracing::info!(rejected_id = row.id, id, "rejected: already stored");
+                    }
+                },
+                Err(IngestError::Unavailable(e)) => return Err(e.into()),
                 Err(_) => {
                     summary.still_rejected += 1;
                     continue;
-                }
-            };
-            let receipt = auth.notification.receipt.clone();
-            let new = NewNotification {
-                actions: actions.matching(auth.account.as_str(), &auth.notification),
-                account: auth.account,
-                form: auth.form,
-                notification: std::sync::Arc::new(auth.notification),
-                source_ip: row.source_ip.as_deref().and_then(|ip| ip.parse().ok()),
-                received_at: Utc::now(),
-            };
-            match store.record(new).await? {
-                Recorded::New { id, .. } => {
-                    summary.stored += 1;
-                    tracing::info!(rejected_id = row.id, id, %receipt, "rejected: stored");
-                }
-                Recorded::Duplicate { id, .. } => {
-                    summary.duplicates += 1;
-                    tracing::info!(rejected_id = row.id, id, "rejected: already stored");
                 }
             }
             store.delete_rejected(row.id).await?;

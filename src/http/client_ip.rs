@@ -8,18 +8,7 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
-pub fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
-    let ip = canonical(ip);
-    nets.iter().any(|n| n.contains(&ip))
-}
-
-/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`, seen on dual-stack sockets) as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
+use crate::runtime::{canonical, contains};
 
 /// The client address for a request from `peer`.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {

@@ -1,63 +1,19 @@
-//! Every way a post to the INS endpoint can fail, and its answer. Bodies are
+//! The answer to every way a post to the INS endpoint can fail. Bodies are
 //! fixed and opaque: in particular every key-dependent failure gets the same
 //! 403, or CBC's malleability would turn the endpoint into a padding oracle.
 
 use std::time::Duration;
 
-use axum::extract::rejection::BytesRejection;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::ins::Reject;
-use crate::store::StoreError;
+use crate::ingest::{BodyError, IngestError};
 
 /// The one body of every 403.
 pub const FORBIDDEN_BODY: &str = "forbidden\n";
 
 /// How long ClickBank (or a proxy) is asked to wait after a 503.
 const RETRY_AFTER_UNAVAILABLE: Duration = Duration::from_secs(30);
-
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("source address not allowed")]
-    SourceNotAllowed,
-    #[error("no such account")]
-    UnknownAccount,
-    #[error("too many authentication failures from this address")]
-    RateLimited(Duration),
-    #[error("cannot read the body: {0}")]
-    Body(#[from] BytesRejection),
-    #[error("body is not a recognised INS form")]
-    Unrecognised,
-    #[error("authentication failed: {0}")]
-    Rejected(Reject),
-    #[error("store unavailable: {0}")]
-    Unavailable(StoreError),
-}
-
-impl IngestError {
-    /// True for the refusals that must not tell by their timing which check
-    /// failed: every 403 (see [`REFUSAL_FLOOR`](super::ins_handler)).
-    pub fn is_forbidden(&self) -> bool {
-        matches!(
-            self,
-            IngestError::SourceNotAllowed | IngestError::UnknownAccount | IngestError::Rejected(_)
-        )
-    }
-
-    /// A short machine-friendly label for the log line.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            IngestError::SourceNotAllowed => "ip-denied",
-            IngestError::UnknownAccount => "unknown-account",
-            IngestError::RateLimited(_) => "rate-limited",
-            IngestError::Body(_) => "bad-body",
-            IngestError::Unrecognised => "unrecognised",
-            IngestError::Rejected(_) => "rejected",
-            IngestError::Unavailable(_) => "unavailable",
-        }
-    }
-}
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
@@ -75,10 +31,12 @@ impl IntoResponse for IngestError {
                 .into_response(),
             // 413 for an oversized body, 400 for one that could not be read;
             // fixed bodies, like every other refusal.
-            IngestError::Body(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            IngestError::Body(BodyError::TooLarge) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n").into_response()
             }
-            IngestError::Body(_) => (StatusCode::BAD_REQUEST, "bad request\n").into_response(),
+            IngestError::Body(BodyError::Unreadable) => {
+                (StatusCode::BAD_REQUEST, "bad request\n").into_response()
+            }
             IngestError::Unrecognised => (StatusCode::BAD_REQUEST, "bad request\n").into_response(),
             IngestError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -6,12 +6,9 @@ mod client_ip;
 pub mod connections;
 mod error;
 mod ins_handler;
-mod keeper;
-mod limiter;
 pub mod server;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,79 +16,17 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use ipnet::IpNet;
 
-use crate::actions::{Actions, Dispatcher};
 use crate::config::Settings;
-use crate::ins::AccountKeys;
-use crate::store::{Store, Writer};
+use crate::ingest::Ingest;
+use crate::store::Store;
 
-pub use error::IngestError;
-pub use keeper::RejectedKeeper;
-pub use limiter::FailureLimiter;
-
-/// One configured account: its keys and its own source-address allowlist.
-#[derive(Debug)]
-pub struct Account {
-    pub keys: AccountKeys,
-    pub allowed_ips: Vec<IpNet>,
-}
-
-/// What the handlers share. Built once at startup from validated settings.
+/// What the handlers share: the store (for reads) and the ingest pipeline
+/// (which holds the writer and the runtime in force).
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
-    /// Group commit in front of `store`, for the request path.
-    pub writer: Writer,
-    pub actions: Arc<Actions>,
-    pub dispatcher: Dispatcher,
-    pub accounts: Vec<Account>,
-    pub by_name: HashMap<String, usize>,
-    pub allowed_ips: Vec<IpNet>,
-    pub trusted_proxies: Vec<IpNet>,
-    /// Where rejected posts go, off the request path.
-    pub rejected: RejectedKeeper,
-    pub commit_timeout: Duration,
-    pub limiter: FailureLimiter,
-}
-
-impl AppState {
-    pub fn new(
-        settings: &Settings,
-        store: Store,
-        writer: Writer,
-        actions: Arc<Actions>,
-        dispatcher: Dispatcher,
-        rejected: RejectedKeeper,
-    ) -> Result<Self, crate::config::ConfigError> {
-        let accounts: Vec<Account> = settings
-            .account_keys()?
-            .into_iter()
-            .zip(&settings.accounts)
-            .map(|(keys, a)| Account {
-                keys,
-                allowed_ips: a.allowed_ips.clone(),
-            })
-            .collect();
-        let by_name = accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.keys.name.as_str().to_owned(), i))
-            .collect();
-        Ok(Self {
-            store,
-            writer,
-            actions,
-            dispatcher,
-            accounts,
-            by_name,
-            allowed_ips: settings.security.allowed_ips.clone(),
-            trusted_proxies: settings.security.trusted_proxies.clone(),
-            rejected,
-            commit_timeout: Duration::from_millis(settings.database.commit_timeout_ms),
-            limiter: FailureLimiter::new(settings.security.max_auth_failures_per_minute),
-        })
-    }
+    pub ingest: Ingest,
 }
 
 /// The application's routes.
@@ -123,7 +58,8 @@ async fn healthz() -> &'static str {
 /// is not enough (a full disk still reads), so this is a commit when no
 /// notification has committed lately, and after any failed commit.
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
-    match state.writer.ready(state.commit_timeout).await {
+    let timeout = { state.ingest.runtime().commit_timeout };
+    match state.ingest.writer().ready(timeout).await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(e) => {
             tracing::warn!(error = %e, "readyz: the store does not take commits");

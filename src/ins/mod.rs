@@ -37,6 +37,37 @@ pub struct Authenticated {
     pub notification: Notification,
 }
 
+/// A body whose form is recognised, parsed just enough to authenticate it: the
+/// caller decides on the form (a 400, a rate limit) and then authenticates it
+/// with [`Recognised::authenticate`], without parsing the body a second time.
+pub struct Recognised(Classified);
+
+impl Recognised {
+    /// Which form `body` is, or `None` (the caller answers 400). See [`recognise`].
+    pub fn parse(body: &[u8]) -> Option<Recognised> {
+        form::classify(body).map(Recognised)
+    }
+
+    pub fn form(&self) -> BodyForm {
+        self.0.form()
+    }
+
+    /// Authenticates `body` (the same bytes it was recognised from) against
+    /// `accounts`; see [`authenticate`].
+    pub fn authenticate<'h>(
+        &self,
+        body: &[u8],
+        header: &dyn Fn(&str) -> Option<&'h str>,
+        accounts: &[&AccountKeys],
+    ) -> Result<Authenticated, Reject> {
+        match &self.0 {
+            Classified::Envelope(wire) => envelope::authenticate(wire, accounts),
+            Classified::LegacyForm(fields) => legacy::authenticate(fields, accounts),
+            Classified::PlainJson => hmac::authenticate(body, header, accounts),
+        }
+    }
+}
+
 /// Recognises `body`, authenticates it against `accounts` (in order, each key in order;
 /// the first success wins) and decodes it.
 ///
@@ -47,11 +78,8 @@ pub fn authenticate<'h>(
     header: &dyn Fn(&str) -> Option<&'h str>,
     accounts: &[&AccountKeys],
 ) -> Result<Authenticated, InsError> {
-    let classified = form::classify(body).ok_or(InsError::Unrecognised)?;
-    let result = match &classified {
-        Classified::Envelope(wire) => envelope::authenticate(wire, accounts),
-        Classified::LegacyForm(fields) => legacy::authenticate(fields, accounts),
-        Classified::PlainJson => hmac::authenticate(body, header, accounts),
-    };
-    result.map_err(InsError::Rejected)
+    Recognised::parse(body)
+        .ok_or(InsError::Unrecognised)?
+        .authenticate(body, header, accounts)
+        .map_err(InsError::Rejected)
 }

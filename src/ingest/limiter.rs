@@ -11,30 +11,28 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// Bound on tracked addresses, so a spoofing flood cannot grow the map forever.
 const MAX_TRACKED: usize = 10_000;
 
-#[derive(Debug)]
+/// The limit itself (`max` per minute) comes with each call, from the
+/// runtime in force, so a reload changes it without losing the counts.
+#[derive(Debug, Default)]
 pub struct FailureLimiter {
-    max_per_window: u32,
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 impl FailureLimiter {
-    pub fn new(max_per_minute: u32) -> Self {
-        Self {
-            max_per_window: max_per_minute,
-            windows: Mutex::new(HashMap::new()),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// `Some(wait)` when `ip` has used up its failures for this window.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+    /// `Some(wait)` when `ip` has used up its `max` failures for this window.
+    pub fn blocked(&self, ip: IpAddr, max: u32) -> Option<Duration> {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let (start, count) = windows.get(&ip)?;
         let elapsed = start.elapsed();
-        (elapsed < WINDOW && *count >= self.max_per_window).then(|| WINDOW - elapsed)
+        (elapsed < WINDOW && *count >= max).then(|| WINDOW - elapsed)
     }
 
-    /// Counts one failure; true when this one crossed the limit.
-    pub fn failed(&self, ip: IpAddr) -> bool {
+    /// Counts one failure; true when this one reached the limit `max`.
+    pub fn failed(&self, ip: IpAddr, max: u32) -> bool {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() >= MAX_TRACKED && !windows.contains_key(&ip) {
             windows.retain(|_, (start, _)| start.elapsed() < WINDOW);
@@ -48,7 +46,7 @@ impl FailureLimiter {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 == self.max_per_window
+        entry.1 == max
     }
 }
 
@@ -58,14 +56,14 @@ mod tests {
 
     #[test]
     fn blocks_after_the_limit_and_only_that_address() {
-        let l = FailureLimiter::new(3);
+        let l = FailureLimiter::new();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(!l.failed(a));
-        assert!(!l.failed(a));
-        assert!(l.blocked(a).is_none());
-        assert!(l.failed(a));
-        assert!(l.blocked(a).is_some());
-        assert!(l.blocked(b).is_none());
+        assert!(!l.failed(a, 3));
+        assert!(!l.failed(a, 3));
+        assert!(l.blocked(a, 3).is_none());
+        assert!(l.failed(a, 3));
+        assert!(l.blocked(a, 3).is_some());
+        assert!(l.blocked(b, 3).is_none());
     }
 }

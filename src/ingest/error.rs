@@ -1,0 +1,60 @@
+//! Every way a post can fail to become a stored notification. The HTTP
+//! layer maps each to a status (`http::error`); the CLI and tests read them
+//! as they are.
+
+use std::time::Duration;
+
+use crate::ins::Reject;
+use crate::store::StoreError;
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than server.max_body_bytes")]
+    TooLarge,
+    #[error("the body could not be read")]
+    Unreadable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("source address not allowed")]
+    SourceNotAllowed,
+    #[error("no such account")]
+    UnknownAccount,
+    #[error("too many authentication failures from this address")]
+    RateLimited(Duration),
+    #[error("cannot read the body: {0}")]
+    Body(BodyError),
+    #[error("body is not a recognised INS form")]
+    Unrecognised,
+    #[error("authentication failed: {0}")]
+    Rejected(Reject),
+    #[error("store unavailable: {0}")]
+    Unavailable(StoreError),
+}
+
+impl IngestError {
+    /// True for the refusals that must not tell by their timing which check
+    /// failed: every 403.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            IngestError::SourceNotAllowed | IngestError::UnknownAccount | IngestError::Rejected(_)
+        )
+    }
+
+    /// A short machine-friendly label for the log line (and metrics).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            IngestError::SourceNotAllowed => "ip-denied",
+            IngestError::UnknownAccount => "unknown-account",
+            IngestError::RateLimited(_) => "rate-limited",
+            IngestError::Body(BodyError::TooLarge) => "too-large",
+            IngestError::Body(BodyError::Unreadable) => "bad-body",
+            IngestError::Unrecognised => "unrecognised",
+            IngestError::Rejected(_) => "rejected",
+            IngestError::Unavailable(_) => "unavailable",
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The ingest pipeline: one function from a post (source address, the
+//! account named in the path, the raw body, a header lookup) to a committed
+//! notification or the reason there is none. The HTTP handler, `kaching
+//! rejected reprocess` and the tests all call [`Ingest::ingest`]; nothing
+//! else assembles these steps.
+//!
+//! In order: source allowlist, candidate accounts, body, form (parsed once,
+//! see [`ins::Recognised`]), the legacy failure limit, authentication (a
+//! failure is kept for `kaching rejected`), the matching actions, the commit
+//! (group commit, bounded by the commit timeout). After every commit the
+//! pipeline publishes a [`Committed`] on one broadcast channel, which the
+//! dispatcher (and metrics, the live dashboard, alerts) subscribe to. A
+//! subscriber that lags only misses events, never slows an acknowledgement:
+//! the database stays the truth, and the dispatcher's poller finds any run
+//! whose hint was missed.
+
+mod error;
+mod keeper;
+mod limiter;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use crate::ins::{self, AccountKeys, AccountName, BodyForm, Notification};
+use crate::runtime::{contains, Live, Runtime};
+use crate::store::{NewNotification, NewRejected, Recorded, StoreError, Writer};
+
+pub use error::{BodyError, IngestError};
+pub use keeper::RejectedKeeper;
+pub use limiter::FailureLimiter;
+
+/// Committed events that may wait for a slow subscriber before it lags.
+const EVENTS: usize = 4096;
+
+/// One post, as received.
+pub struct Post<'a> {
+    /// The client's address (after trusted-proxy resolution).
+    pub source_ip: IpAddr,
+    /// The account named in the path (`{ins_path}/{account}`), if any.
+    pub account_hint: Option<&'a str>,
+    pub body: Result<Bytes, BodyError>,
+    /// Looks up a request header by lowercase name (HMAC mode).
+    pub header: &'a (dyn Fn(&str) -> Option<&'a str> + Sync),
+    pub received_at: DateTime<Utc>,
+}
+
+/// A stored notification: what was stored, with which key, and what the
+/// store did with it.
+#[derive(Debug)]
+pub struct Accepted {
+    pub notification: NewNotification,
+    /// 0: the account's current key; `n`: `previous_secret_keys[n - 1]`.
+    pub key_index: usize,
+    pub recorded: Recorded,
+}
+
+/// What the pipeline publishes after each commit.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The row's id.
+    pub id: i64,
+    /// False when this was a copy of a stored notification (a retry).
+    pub new: bool,
+    pub account: AccountName,
+    pub form: BodyForm,
+    /// Type, role, amounts, currency, products: the parsed notification.
+    pub notification: Arc<Notification>,
+    pub received_at: DateTime<Utc>,
+    /// The action runs created with it: (run id, action index).
+    pub runs: Vec<(i64, usize)>,
+}
+
+/// The pipeline and what it holds between posts.
+#[derive(Debug)]
+pub struct Ingest {
+    runtime: Live,
+    writer: Writer,
+    /// `None` where failures must not count (reprocessing kept posts).
+    limiter: Option<FailureLimiter>,
+    /// Where refused posts are kept; `None` where they must not be kept again
+    /// (`kaching rejected reprocess`).
+    rejected: Option<RejectedKeeper>,
+    events: broadcast::Sender<Arc<Committed>>,
+}
+
+impl Ingest {
+    pub fn new(runtime: Live, writer: Writer, rejected: Option<RejectedKeeper>) -> Self {
+        Self {
+            runtime,
+            writer,
+            limiter: Some(FailureLimiter::new()),
+            rejected,
+            events: broadcast::channel(EVENTS).0,
+        }
+    }
+
+    /// The pipeline for `kaching rejected reprocess`: a post that fails
+    /// again is neither kept again nor counted against its address.
+    pub fn for_reprocessing(runtime: Live, writer: Writer) -> Self {
+        Self {
+            runtime,
+            writer,
+            limiter: None,
+            rejected: None,
+            events: broadcast::channel(EVENTS).0,
+        }
+    }
+
+    /// Every commit from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.events.subscribe()
+    }
+
+    /// The runtime in force (a snapshot for one request).
+    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Authenticates and stores one post; Ok only after its commit.
+    pub async fn ingest(&self, post: Post<'_>) -> Result<Accepted, IngestError> {
+        let runtime = self.runtime.load();
+        let ip = post.source_ip;
+        if !runtime.allowed_ips.is_empty() && !contains(&runtime.allowed_ips, ip) {
+            return Err(IngestError::SourceNotAllowed);
+        }
+        let candidates: Vec<&AccountKeys> = match post.account_hint {
+            Some(name) => match runtime.account(name) {
+                Some(a) => vec![a],
+                None => {
+                    // Kept like any refused post (a mistyped account in
+                    // ClickBank's URL shows in `kaching rejected`), which also
+                    // makes its refusal cost what a wrong key's does.
+                    if let Ok(body) = &post.body {
+                        self.keep(&post, body, "no such account".to_owned(), None);
+                    }
+                    return Err(IngestError::UnknownAccount);
+                }
+            },
+            None => runtime.accounts.iter().collect(),
+        }
+        .into_iter()
+        .filter(|a| a.allowed_ips.is_empty() || contains(&a.allowed_ips, ip))
+        .map(|a| &a.keys)
+        .collect();
+        if candidates.is_empty() {
+            return Err(IngestError::SourceNotAllowed);
+        }
+        let body = post.body.as_ref().map_err(|e| IngestError::Body(*e))?;
+        let recognised = ins::Recognised::parse(body).ok_or(IngestError::Unrecognised)?;
+        // Only a legacy cverify (32 bits) can be guessed; limiting other forms
+        // would only let a forger lock ClickBank's own posts out.
+        let max_failures = runtime.max_auth_failures_per_minute;
+        let limiter = self
+            .limiter
+            .as_ref()
+            .filter(|_| recognised.form() == BodyForm::LegacyForm);
+        if let Some(wait) = limiter.and_then(|l| l.blocked(ip, max_failures)) {
+            return Err(IngestError::RateLimited(wait));
+        }
+        let auth = match recognised.authenticate(body, post.header, &candidates) {
+            Ok(auth) => auth,
+            Err(reason) => {
+                if limiter.is_some_and(|l| l.failed(ip, max_failures)) {
+                    tracing::warn!(%ip, "ins: cverify failure limit reached; answering 429 to legacy posts for the rest of the minute");
+                }
+                let signature = candidates
+                    .iter()
+                    .filter_map(|a| a.hmac_header.as_deref())
+                    .find_map(post.header);
+                self.keep(&post, body, reason.to_string(), signature);
+                return Err(IngestError::Rejected(reason));
+            }
+        };
+        let new = NewNotification {
+            actions: runtime
+                .actions
+                .matching(auth.account.as_str(), &auth.notification),
+            account: auth.account,
+            form: auth.form,
+            notification: Arc::new(auth.notification),
+            source_ip: Some(ip),
+            received_at: post.received_at,
+        };
+        let timeout = runtime.commit_timeout;
+        drop(runtime);
+        let recorded = tokio::time::timeout(timeout, self.writer.record(new.clone()))
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))
+            .and_then(|r| r)
+            .map_err(IngestError::Unavailable)?;
+        self.publish(&new, &recorded);
+        Ok(Accepted {
+            notification: new,
+            key_index: auth.key_index,
+            recorded,
+        })
+    }
+
+    fn keep(&self, post: &Post<'_>, body: &Bytes, reason: String, signature: Option<&str>) {
+        if let Some(keeper) = &self.rejected {
+            keeper.keep(NewRejected {
+                received_at: post.received_at,
+                source_ip: Some(post.source_ip),
+                account_hint: post.account_hint.map(str::to_owned),
+                reason,
+                body: body.to_vec(),
+                signature: signature.map(str::to_owned),
+            });
+        }
+    }
+
+    fn publish(&self, n: &NewNotification, recorded: &Recorded) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let (id, new, runs) = match recorded {
+            Recorded::New { id, runs } => (*id, true, runs.clone()),
+            Recorded::Duplicate { id, .. } => (*id, false, Vec::new()),
+        };
+        // No subscriber, or all lagging: nothing waits on them.
+        let _ = self.events.send(Arc::new(Committed {
+            id,
+            new,
+            account: n.account.clone(),
+            form: n.form,
+            notification: n.notification.clone(),
+            received_at: n.received_at,
+            runs,
+        }));
+    }
+}
