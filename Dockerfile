@@ -14,12 +14,16 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 
 # Compile the dependencies once, against empty sources, so that a change in
-# src/ does not rebuild them.
+# src/ does not rebuild them. The workspace also holds the load generator,
+# bench/: cargo needs its manifest (and a stub target) to read the workspace
+# and check Cargo.lock, but only the daemon (-p kaching) is built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir src bench/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked --bin kaching \
+    && echo 'fn main() {}' > bench/src/main.rs \
+    && cargo build --release --locked -p kaching --bin kaching \
     && rm -rf src
 
 COPY src ./src
@@ -27,7 +31,7 @@ COPY migrations ./migrations
 # COPY keeps the files' old modification times: touch the crate roots so that
 # cargo rebuilds kaching itself instead of reusing the empty one.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin kaching
+    && cargo build --release --locked -p kaching --bin kaching
 
 # ---- run ---------------------------------------------------------------------
 FROM debian:bookworm-slim

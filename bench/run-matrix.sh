@@ -20,10 +20,14 @@
 #   ACTIONS=log            a `log` action, so every new notification also writes an
 #                          outbox row and the dispatcher runs it (ACTIONS= for none)
 #   KEEP=1                 keep the work directory (daemon logs, configs, bench outputs)
+#   CARGO_TARGET_DIR       honoured: the binaries are taken from where cargo built them
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# Where cargo puts the release binaries of the workspace (kaching and kaching-bench).
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 
 DURATION=${DURATION:-20s}
 BACKENDS=${BACKENDS:-"sqlite postgres"}
@@ -116,7 +120,7 @@ EOF
     if [ "$ACTIONS" = log ]; then
         printf '\n[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
     fi
-    "$TIME" -v -o "$dir/time.txt" "$ROOT/target/release/kaching" --config "$dir/kaching.toml" serve \
+    "$TIME" -v -o "$dir/time.txt" "$TARGET/release/kaching" --config "$dir/kaching.toml" serve \
         >"$dir/daemon.log" 2>&1 &
     TIME_PID=$!
     # The daemon is GNU time's child; signals go to it, not to time.
@@ -164,7 +168,7 @@ run_bench() {
     local trust=()
     [ "$tls" = off ] || trust=(--ca-cert "$dir/tls/cert.pem")
     rc=0
-    "$ROOT/target/release/kaching-bench" --url "$URL" --secret-key "$KEY" --database-url "$DB_URL" \
+    "$TARGET/release/kaching-bench" --url "$URL" --secret-key "$KEY" --database-url "$DB_URL" \
         "${trust[@]}" --duplicates "$DUPLICATES" --forged "$FORGED" "$@" >"$out" 2>&1 || rc=$?
     status=$(summary_field "$out" verify)
     if [ -z "$status" ]; then
@@ -222,8 +226,8 @@ session() {
     for row in "${RUN_ROWS[@]}"; do ROWS+=("$row|$rss"); done
 }
 
-say "building (release)"
-cargo build --release --bins --quiet
+say "building (release): the daemon and bench/'s kaching-bench"
+cargo build --release -p kaching -p kaching-bench --bins --quiet
 
 if [[ " $BACKENDS " == *" postgres "* ]] && ! pg -c 'SELECT 1' >/dev/null 2>&1; then
     say "cannot reach Postgres at $PG_ADMIN_URL: skipping the postgres backend"

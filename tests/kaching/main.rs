@@ -8,7 +8,6 @@ mod target;
 
 mod actions;
 mod actions_email;
-mod bench_smoke;
 mod cli;
 mod connections;
 mod crash;

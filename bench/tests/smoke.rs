@@ -1,12 +1,19 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! A small run of the load benchmark against the real server: no timing
 //! assertions (the machines are shared), only correctness: every genuine post
 //! acknowledged and stored exactly once, retries counted, forged ones refused,
-//! no 5xx.
+//! no 5xx. The server runs in-process (kaching::app::App), started by the
+//! daemon's own integration-test harness; the generator is this crate's binary.
+//! `TEST_LOG=1` shows the server's logs.
 
 use std::process::Command;
 
-use crate::on_both_backends;
-use crate::support::{Backend, TestApp, KEY};
+use support::{Backend, TestApp, KEY};
+
+// The daemon's harness, shared rather than copied; this test uses only a part of it.
+#[allow(dead_code)]
+#[path = "../../tests/kaching/support.rs"]
+mod support;
 
 async fn the_benchmark_smoke_run_is_exactly_once(backend: Backend) {
     let Some(app) = TestApp::spawn(backend, |s| {
