@@ -17,6 +17,7 @@ use crate::actions::Dispatcher;
 use crate::config::{Settings, TlsMode};
 use crate::http::{self, AppState};
 use crate::ingest::{Committed, Ingest, RejectedKeeper};
+use crate::reload::Reloader;
 use crate::runtime::{Live, Runtime};
 use crate::store::{Store, Writer};
 
@@ -28,6 +29,7 @@ pub struct App {
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    reloader: Reloader,
     limits: Arc<http::connections::Limits>,
     grace: Duration,
 }
@@ -54,7 +56,10 @@ impl App {
         let runtime = Runtime::build(settings).context("invalid configuration")?;
         let store = open_store(settings, true).await?;
         tracing::info!(backend = store.backend(), "store: migrated");
-        let tls = http::tls::server_config(&settings.tls, settings.server.listen)?;
+        let (tls, certs) = match http::tls::server_config(&settings.tls, settings.server.listen)? {
+            Some((config, certs)) => (Some(config), Some(certs)),
+            None => (None, None),
+        };
         if settings.tls.mode == TlsMode::Off {
             tracing::warn!("tls: off; serve only behind a TLS-terminating proxy");
             if settings.security.trusted_proxies.is_empty() {
@@ -80,6 +85,7 @@ impl App {
         let ingest = Ingest::new(live.clone(), writer, Some(rejected));
         tokio::spawn(hint_new_runs(ingest.subscribe(), dispatch));
         let state = Arc::new(AppState { store, ingest });
+        let reloader = Reloader::new(settings, live, certs);
         let router = http::router(settings, state.clone());
         let caps = http::connections::caps(settings);
         let limits = Arc::new(http::connections::Limits::new(settings, caps));
@@ -91,6 +97,7 @@ impl App {
             token,
             router,
             tls,
+            reloader,
             limits,
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
         })
@@ -98,6 +105,11 @@ impl App {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// What applies new settings to this app while it serves.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Serves until `shutdown` completes, then drains and closes the store.

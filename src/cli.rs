@@ -185,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log);
             let app = App::build(&settings).await?;
+            app.reloader().on_sighup(cli.config.clone());
             let listener = tokio::net::TcpListener::bind(settings.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.server.listen))?;

@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod ins;
 pub mod rejected;
+pub mod reload;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;

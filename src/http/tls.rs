@@ -1,13 +1,18 @@
 //! TLS: a certificate from files (production), or a self-signed one generated
-//! on first start and kept on disk (local runs), as a rustls server config.
+//! on first start and kept on disk (local runs), as a rustls server config
+//! whose certificate can be replaced while it serves ([`CertResolver`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use crate::config::{TlsMode, TlsSettings};
 
@@ -15,11 +20,55 @@ use crate::config::{TlsMode, TlsSettings};
 pub const SELF_SIGNED_CERT: &str = "cert.pem";
 pub const SELF_SIGNED_KEY: &str = "key.pem";
 
-/// The rustls config for `settings`, or `None` when TLS is off.
+/// The certificate being served, swappable: a reload (or a renewal) puts a
+/// new one in place and every new connection gets it, while connections
+/// already open keep theirs. rustls asks this on each handshake.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl CertResolver {
+    /// Serves `key` to every new connection from now on.
+    pub fn replace(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+/// The rustls config for `settings` and the resolver that lets its
+/// certificate change, or `None` when TLS is off.
 pub fn server_config(
     settings: &TlsSettings,
     listen: SocketAddr,
-) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, Arc<CertResolver>)>> {
+    let Some(key) = load(settings, listen)? else {
+        return Ok(None);
+    };
+    let resolver = Arc::new(CertResolver {
+        current: ArcSwap::from_pointee(key),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("cannot set TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some((Arc::new(config), resolver)))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads (or, self-signed, first makes) the certificate chain and key, and
+/// checks that they match; `None` when TLS is off.
+pub fn load(settings: &TlsSettings, listen: SocketAddr) -> anyhow::Result<Option<CertifiedKey>> {
     let (cert, key) = match settings.mode {
         TlsMode::Off => return Ok(None),
         TlsMode::Files => match (&settings.cert_path, &settings.key_path) {
@@ -38,15 +87,9 @@ pub fn server_config(
     anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
     let key = PrivateKeyDer::from_pem_file(&key)
         .with_context(|| format!("cannot read the private key from {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot set TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
+    let certified = CertifiedKey::from_der(chain, key, &provider())
         .context("the TLS certificate and key do not match or are unusable")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Some(certified))
 }
 
 /// Generates the self-signed certificate once; later starts reuse it so that
