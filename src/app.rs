@@ -1,6 +1,7 @@
 //! Wiring: from validated settings to a running server. `main` and the tests
-//! use the same two steps: [`App::build`] (store, migrations, TLS), then
-//! [`App::serve`] on a listener the caller bound, until a shutdown future.
+//! use the same steps: [`App::build`] (store, migrations, TLS, metrics), then
+//! [`App::serve`] on the listeners the caller bound (the INS one, and the
+//! admin one from [`bind_admin`] when `[admin]` is on), until a shutdown future.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,9 +12,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{Actions, Dispatcher};
+use crate::admin::{self, AdminState};
 use crate::config::{Settings, TlsMode};
 use crate::http::{self, AppState, RejectedKeeper};
+use crate::metrics::Metrics;
 use crate::store::{Store, Writer};
+
+/// Open connections the admin listener takes: a scraper or two and an
+/// operator's browser need a handful.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 pub struct App {
     state: Arc<AppState>,
@@ -25,6 +32,26 @@ pub struct App {
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Arc<http::connections::Limits>,
     grace: Duration,
+    metrics: Arc<Metrics>,
+    admin: Option<AdminServer>,
+}
+
+/// The admin listener's half of the app (see [`crate::admin`]).
+struct AdminServer {
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<http::connections::Limits>,
+}
+
+/// Binds `[admin] listen`; `None` when the admin listener is off.
+pub async fn bind_admin(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
+    let Some(admin) = settings.admin.resolve(settings.tls.mode)? else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", admin.listen))?;
+    Ok(Some(listener))
 }
 
 /// Connects to the configured database and, when `migrate`, applies the
@@ -64,16 +91,53 @@ impl App {
                 "security: no allowed_ips; any address may post (ClickBank publishes no IP ranges, so this is usual)"
             );
         }
-        let (writer, writers) = Writer::spawn(store.clone());
         let actions = Arc::new(Actions::from_settings(&settings.actions)?);
+        let metrics = Arc::new(Metrics::from_settings(settings, &actions));
+        let (writer, writers) = Writer::spawn(store.clone(), metrics.clone());
         let token = CancellationToken::new();
         let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
-        let (dispatch, dispatcher) =
-            Dispatcher::spawn(store.clone(), actions.clone(), token.clone(), grace);
-        let (rejected, keeper) =
-            RejectedKeeper::spawn(store.clone(), settings.security.rejected_max_rows);
+        let (dispatch, dispatcher) = Dispatcher::spawn(
+            store.clone(),
+            actions.clone(),
+            token.clone(),
+            grace,
+            metrics.clone(),
+        );
+        let (rejected, keeper) = RejectedKeeper::spawn(
+            store.clone(),
+            settings.security.rejected_max_rows,
+            metrics.clone(),
+        );
+        let admin = match settings.admin.resolve(settings.tls.mode)? {
+            None => None,
+            Some(a) => {
+                let state = AdminState::new(
+                    metrics.clone(),
+                    store.clone(),
+                    actions.iter().map(|a| a.name.to_string()).collect(),
+                    a.token.as_ref(),
+                );
+                let caps = http::connections::Caps {
+                    total: ADMIN_MAX_CONNECTIONS,
+                    per_ip: ADMIN_MAX_CONNECTIONS,
+                    nofile: None,
+                };
+                Some(AdminServer {
+                    router: admin::router(Arc::new(state)),
+                    // Plain HTTP on loopback; the INS listener's certificate elsewhere.
+                    tls: if a.tls() { tls.clone() } else { None },
+                    limits: Arc::new(http::connections::Limits::new(settings, caps)),
+                })
+            }
+        };
         let state = Arc::new(AppState::new(
-            settings, store, writer, actions, dispatch, rejected,
+            settings,
+            store,
+            writer,
+            actions,
+            dispatch,
+            rejected,
+            metrics.clone(),
         )?);
         let router = http::router(settings, state.clone());
         let caps = http::connections::caps(settings);
@@ -88,6 +152,8 @@ impl App {
             tls,
             limits,
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
+            metrics,
+            admin,
         })
     }
 
@@ -95,10 +161,18 @@ impl App {
         &self.state.store
     }
 
-    /// Serves until `shutdown` completes, then drains and closes the store.
+    /// The metrics (for a configuration reload to count itself).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves INS on `listener` and, when `[admin]` is on, the admin routes
+    /// on `admin` (from [`bind_admin`]; `None` serves none), until
+    /// `shutdown` completes; then drains and closes the store.
     pub async fn serve(
         self,
         listener: TcpListener,
+        admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener
@@ -116,15 +190,41 @@ impl App {
             accounts = self.state.accounts.len(),
             "http: listening"
         );
-        http::server::serve(
+        let admin = match (self.admin, admin) {
+            (Some(server), Some(listener)) => {
+                let addr = listener
+                    .local_addr()
+                    .context("cannot read the admin listening address")?;
+                tracing::info!(%addr, tls = server.tls.is_some(), "admin: listening (GET /metrics)");
+                Some(http::server::serve(
+                    listener,
+                    server.tls,
+                    server.router,
+                    server.limits,
+                    token.clone(),
+                    self.grace,
+                ))
+            }
+            (None, Some(_)) => {
+                tracing::warn!("admin: [admin] listen is off; not serving the listener given");
+                None
+            }
+            (_, None) => None,
+        };
+        let public = http::server::serve(
             listener,
             self.tls,
             self.router,
             self.limits,
             token,
             self.grace,
-        )
-        .await;
+        );
+        match admin {
+            Some(admin) => {
+                tokio::join!(public, admin);
+            }
+            None => public.await,
+        }
         // The writers stop once the last request holding a handle is gone.
         let store = self.state.store.clone();
         drop(self.state);

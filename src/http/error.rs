@@ -45,7 +45,19 @@ impl IngestError {
         )
     }
 
-    /// A short machine-friendly label for the log line.
+    /// Every value [`IngestError::outcome`] returns: the metrics create one
+    /// series per value at startup.
+    pub const OUTCOMES: [&'static str; 7] = [
+        "ip-denied",
+        "unknown-account",
+        "rate-limited",
+        "bad-body",
+        "unrecognised",
+        "rejected",
+        "unavailable",
+    ];
+
+    /// A short machine-friendly label for the log line and the metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
             IngestError::SourceNotAllowed => "ip-denied",
@@ -90,5 +102,27 @@ impl IntoResponse for IngestError {
             )
                 .into_response(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_lists_every_outcome() {
+        let reject = crate::ins::Reject::NoKeyDecrypts;
+        for e in [
+            IngestError::SourceNotAllowed,
+            IngestError::UnknownAccount,
+            IngestError::RateLimited(Duration::from_secs(1)),
+            IngestError::Unrecognised,
+            IngestError::Rejected(reject),
+            IngestError::Unavailable(StoreError::Failing),
+        ] {
+            assert!(IngestError::OUTCOMES.contains(&e.outcome()), "{}", e.outcome());
+        }
+        // `Body` needs an axum rejection to build; its label is fixed here.
+        assert!(IngestError::OUTCOMES.contains(&"bad-body"));
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP: the router, the INS endpoint, health checks, and the mapping of
-//! every outcome to a status. Authentication is delegated to the pure
+//! HTTP: the public router (the INS endpoint and health checks only; the
+//! operational routes are on the admin listener, [`crate::admin`]), and the
+//! mapping of every outcome to a status. Authentication is delegated to the pure
 //! [`crate::ins`] module, storage to [`crate::store`].
 
 mod client_ip;
@@ -24,6 +25,7 @@ use ipnet::IpNet;
 use crate::actions::{Actions, Dispatcher};
 use crate::config::Settings;
 use crate::ins::AccountKeys;
+use crate::metrics::Metrics;
 use crate::store::{Store, Writer};
 
 pub use error::IngestError;
@@ -53,6 +55,7 @@ pub struct AppState {
     pub rejected: RejectedKeeper,
     pub commit_timeout: Duration,
     pub limiter: FailureLimiter,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
         actions: Arc<Actions>,
         dispatcher: Dispatcher,
         rejected: RejectedKeeper,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::config::ConfigError> {
         let accounts: Vec<Account> = settings
             .account_keys()?
@@ -90,6 +94,7 @@ impl AppState {
             rejected,
             commit_timeout: Duration::from_millis(settings.database.commit_timeout_ms),
             limiter: FailureLimiter::new(settings.security.max_auth_failures_per_minute),
+            metrics,
         })
     }
 }
