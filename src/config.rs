@@ -791,13 +791,14 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        let mut s = Settings::default();
-        s.accounts = vec![AccountSettings {
-            name: "acme".into(),
-            secret_key: Some(SecretString::from("ACMEKEY123456789".to_owned())),
+        Settings {
+            accounts: vec![AccountSettings {
+                name: "acme".into(),
+                secret_key: Some(SecretString::from("ACMEKEY123456789".to_owned())),
+                ..Default::default()
+            }],
             ..Default::default()
-        }];
-        s
+        }
     }
 
     fn refusal(s: &Settings) -> (String, String) {

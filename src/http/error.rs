@@ -120,7 +120,11 @@ mod tests {
             IngestError::Rejected(reject),
             IngestError::Unavailable(StoreError::Failing),
         ] {
-            assert!(IngestError::OUTCOMES.contains(&e.outcome()), "{}", e.outcome());
+            assert!(
+                IngestError::OUTCOMES.contains(&e.outcome()),
+                "{}",
+                e.outcome()
+            );
         }
         // `Body` needs an axum rejection to build; its label is fixed here.
         assert!(IngestError::OUTCOMES.contains(&"bad-body"));

@@ -92,7 +92,9 @@ async fn receive(
                 );
             }
             let account = Some(auth.account.as_str());
-            state.metrics.notification(account, outcome, started.elapsed());
+            state
+                .metrics
+                .notification(account, outcome, started.elapsed());
             (StatusCode::OK, "OK").into_response()
         }
         Err(e) => {
@@ -101,7 +103,9 @@ async fn receive(
             }
             let latency_us = started.elapsed().as_micros() as u64;
             // An account not configured counts as none (see `Metrics::notification`).
-            state.metrics.notification(account.as_deref(), e.outcome(), started.elapsed());
+            state
+                .metrics
+                .notification(account.as_deref(), e.outcome(), started.elapsed());
             let account = account.as_deref().unwrap_or("");
             match &e {
                 IngestError::Unavailable(cause) => tracing::error!(

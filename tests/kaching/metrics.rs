@@ -82,7 +82,9 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64>
             let got = s["labels"].as_object().unwrap();
             s["name"] == name
                 && got.len() == labels.len()
-                && labels.iter().all(|(k, v)| got.get(*k) == Some(&Value::from(*v)))
+                && labels
+                    .iter()
+                    .all(|(k, v)| got.get(*k) == Some(&Value::from(*v)))
         })
         .map(|s| s["value"].as_f64().unwrap())
 }
@@ -101,8 +103,15 @@ async fn the_scrape_counts_a_known_mix_of_posts_by_account_and_outcome(backend: 
         return;
     };
     // 3 new for acme (on /ins, the account found by its key), 1 new for affil on its own path.
-    app.post_accepted(&[("MIX00001", "SALE"), ("MIX00002", "SALE"), ("MIX00003", "BILL")], TIME)
-        .await;
+    app.post_accepted(
+        &[
+            ("MIX00001", "SALE"),
+            ("MIX00002", "SALE"),
+            ("MIX00003", "BILL"),
+        ],
+        TIME,
+    )
+    .await;
     let affil = envelope(OTHER_KEY, &plaintext("MIX00004", "SALE", TIME, 1));
     assert_eq!(app.post("/ins/affil", affil).await.status(), 200);
     // 2 duplicates: ClickBank's retries of the first two.
@@ -116,9 +125,15 @@ async fn the_scrape_counts_a_known_mix_of_posts_by_account_and_outcome(backend: 
     assert_eq!(app.post_ins(forged()).await.0, 403);
     assert_eq!(app.post("/ins/acme", forged()).await.status(), 403);
     // 1 over-size, 1 to an account that does not exist, 1 garbage.
-    let big = format!("{{\"notification\":\"{}\",\"iv\":\"x\"}}", "A".repeat(70_000));
+    let big = format!(
+        "{{\"notification\":\"{}\",\"iv\":\"x\"}}",
+        "A".repeat(70_000)
+    );
     assert_eq!(app.post_ins(big).await.0, 413);
-    assert_eq!(app.post("/ins/nosuch", sale("MIX00005")).await.status(), 403);
+    assert_eq!(
+        app.post("/ins/nosuch", sale("MIX00005")).await.status(),
+        403
+    );
     assert_eq!(app.post_ins("hello, world").await.0, 400);
 
     // The 4 refused posts are kept off the request path: wait for them.
@@ -146,7 +161,10 @@ async fn the_scrape_counts_a_known_mix_of_posts_by_account_and_outcome(backend: 
     // Every other (account, outcome) pair exists, at 0.
     for account in ["", "acme", "affil"] {
         for outcome in kaching::metrics::notification_outcomes() {
-            if !expected.iter().any(|((a, o), _)| (*a, *o) == (account, outcome)) {
+            if !expected
+                .iter()
+                .any(|((a, o), _)| (*a, *o) == (account, outcome))
+            {
                 expected.push(((account, outcome), 0.0));
             }
         }
@@ -159,9 +177,19 @@ async fn the_scrape_counts_a_known_mix_of_posts_by_account_and_outcome(backend: 
         );
     }
     let series = samples.iter().filter(|s| s["name"] == n).count();
-    assert_eq!(series, expected.len(), "no series beyond the configured accounts");
-    assert!(!text.contains("nosuch"), "a path segment became a label value");
-    assert_eq!(family_type(&samples, "kaching_notifications"), Some("counter"));
+    assert_eq!(
+        series,
+        expected.len(),
+        "no series beyond the configured accounts"
+    );
+    assert!(
+        !text.contains("nosuch"),
+        "a path segment became a label value"
+    );
+    assert_eq!(
+        family_type(&samples, "kaching_notifications"),
+        Some("counter")
+    );
 
     // Every post was timed; 6 rows went through the writer (4 new, 2 copies).
     assert_eq!(
@@ -172,22 +200,37 @@ async fn the_scrape_counts_a_known_mix_of_posts_by_account_and_outcome(backend: 
         family_type(&samples, "kaching_ins_request_duration_seconds"),
         Some("histogram")
     );
-    assert_eq!(sample(&samples, "kaching_store_commit_rows_sum", &[]), Some(6.0));
+    assert_eq!(
+        sample(&samples, "kaching_store_commit_rows_sum", &[]),
+        Some(6.0)
+    );
     let commits = sample(&samples, "kaching_store_commit_duration_seconds_count", &[]).unwrap();
     assert!((1.0..=6.0).contains(&commits), "{commits} commits");
     assert_eq!(
         sample(&samples, "kaching_store_commit_rows_count", &[]),
         Some(commits)
     );
-    assert_eq!(sample(&samples, "kaching_store_errors_total", &[]), Some(0.0));
-    assert_eq!(sample(&samples, "kaching_rejected_posts_kept_total", &[]), Some(4.0));
-    assert_eq!(sample(&samples, "kaching_rejected_posts_dropped_total", &[]), Some(0.0));
+    assert_eq!(
+        sample(&samples, "kaching_store_errors_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&samples, "kaching_rejected_posts_kept_total", &[]),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&samples, "kaching_rejected_posts_dropped_total", &[]),
+        Some(0.0)
+    );
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         sample(&samples, "kaching_build_info", &[("version", version)]),
         Some(1.0)
     );
-    assert_eq!(sample(&samples, "kaching_config_reloads_total", &[]), Some(0.0));
+    assert_eq!(
+        sample(&samples, "kaching_config_reloads_total", &[]),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&samples, "kaching_config_reload_failures_total", &[]),
         Some(0.0)

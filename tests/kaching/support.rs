@@ -282,7 +282,9 @@ impl TestApp {
 
     /// The admin base URL; panics when the test turned `[admin]` off.
     pub fn admin(&self) -> &str {
-        self.admin_base.as_deref().expect("the admin listener is on")
+        self.admin_base
+            .as_deref()
+            .expect("the admin listener is on")
     }
 
     /// `GET {admin}/metrics`: the Prometheus text.
