@@ -102,6 +102,9 @@ start_daemon() {
 [server]
 listen = "127.0.0.1:$port"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [tls]
 mode = "$tls"
 self_signed_dir = "$dir/tls"

@@ -51,7 +51,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(s.server.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async {
+    // No admin listener: this measures the INS one alone.
+    let server = tokio::spawn(app.serve(listener, None, async {
         let _ = stopped.await;
     }));
 

@@ -1,6 +1,7 @@
 //! Wiring: from validated settings to a running server. `main` and the tests
-//! use the same two steps: [`App::build`] (store, migrations, TLS), then
-//! [`App::serve`] on a listener the caller bound, until a shutdown future.
+//! use the same steps: [`App::build`] (store, migrations, TLS, metrics), then
+//! [`App::serve`] on the listeners the caller bound (the INS one, and the
+//! admin one from [`bind_admin`] when `[admin]` is on), until a shutdown future.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,12 +15,18 @@ use arc_swap::ArcSwap;
 use tokio::sync::broadcast;
 
 use crate::actions::Dispatcher;
+use crate::admin::{self, AdminState};
 use crate::config::{Settings, TlsMode};
 use crate::http::{self, AppState};
 use crate::ingest::{Committed, Ingest, RejectedKeeper};
+use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtime::{Live, Runtime};
 use crate::store::{Store, Writer};
+
+/// Open connections the admin listener takes: a scraper or two and an
+/// operator's browser need a handful.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 pub struct App {
     state: Arc<AppState>,
@@ -32,6 +39,26 @@ pub struct App {
     reloader: Reloader,
     limits: Arc<http::connections::Limits>,
     grace: Duration,
+    metrics: Arc<Metrics>,
+    admin: Option<AdminServer>,
+}
+
+/// The admin listener's half of the app (see [`crate::admin`]).
+struct AdminServer {
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<http::connections::Limits>,
+}
+
+/// Binds `[admin] listen`; `None` when the admin listener is off.
+pub async fn bind_admin(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
+    let Some(admin) = settings.admin.resolve(settings.tls.mode)? else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", admin.listen))?;
+    Ok(Some(listener))
 }
 
 /// Connects to the configured database and, when `migrate`, applies the
@@ -74,18 +101,54 @@ impl App {
                 "security: no allowed_ips; any address may post (ClickBank publishes no IP ranges, so this is usual)"
             );
         }
-        let (writer, writers) = Writer::spawn(store.clone());
+        let actions = runtime.actions.clone();
+        let metrics = Arc::new(Metrics::from_settings(settings, &actions));
+        let (writer, writers) = Writer::spawn(store.clone(), metrics.clone());
         let token = CancellationToken::new();
         let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
-        let (dispatch, dispatcher) =
-            Dispatcher::spawn(store.clone(), runtime.actions.clone(), token.clone(), grace);
-        let (rejected, keeper) =
-            RejectedKeeper::spawn(store.clone(), settings.security.rejected_max_rows);
+        let (dispatch, dispatcher) = Dispatcher::spawn(
+            store.clone(),
+            actions.clone(),
+            token.clone(),
+            grace,
+            metrics.clone(),
+        );
+        let (rejected, keeper) = RejectedKeeper::spawn(
+            store.clone(),
+            settings.security.rejected_max_rows,
+            metrics.clone(),
+        );
+        let admin = match settings.admin.resolve(settings.tls.mode)? {
+            None => None,
+            Some(a) => {
+                let state = AdminState::new(
+                    metrics.clone(),
+                    store.clone(),
+                    actions.iter().map(|a| a.name.to_string()).collect(),
+                    a.token.as_ref(),
+                );
+                let caps = http::connections::Caps {
+                    total: ADMIN_MAX_CONNECTIONS,
+                    per_ip: ADMIN_MAX_CONNECTIONS,
+                    nofile: None,
+                };
+                Some(AdminServer {
+                    router: admin::router(Arc::new(state)),
+                    // Plain HTTP on loopback; the INS listener's certificate elsewhere.
+                    tls: if a.tls() { tls.clone() } else { None },
+                    limits: Arc::new(http::connections::Limits::new(settings, caps)),
+                })
+            }
+        };
         let live: Live = Arc::new(ArcSwap::from_pointee(runtime));
         let ingest = Ingest::new(live.clone(), writer, Some(rejected));
         tokio::spawn(hint_new_runs(ingest.subscribe(), dispatch));
-        let state = Arc::new(AppState { store, ingest });
-        let reloader = Reloader::new(settings, live, certs);
+        let state = Arc::new(AppState {
+            store,
+            ingest,
+            metrics: metrics.clone(),
+        });
+        let reloader = Reloader::new(settings, live, certs, metrics.clone());
         let router = http::router(settings, state.clone());
         let caps = http::connections::caps(settings);
         let limits = Arc::new(http::connections::Limits::new(settings, caps));
@@ -100,6 +163,8 @@ impl App {
             reloader,
             limits,
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
+            metrics,
+            admin,
         })
     }
 
@@ -112,10 +177,18 @@ impl App {
         self.reloader.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains and closes the store.
+    /// The metrics (for a configuration reload to count itself).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves INS on `listener` and, when `[admin]` is on, the admin routes
+    /// on `admin` (from [`bind_admin`]; `None` serves none), until
+    /// `shutdown` completes; then drains and closes the store.
     pub async fn serve(
         self,
         listener: TcpListener,
+        admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener
@@ -133,15 +206,41 @@ impl App {
             accounts = self.state.ingest.runtime().accounts.len(),
             "http: listening"
         );
-        http::server::serve(
+        let admin = match (self.admin, admin) {
+            (Some(server), Some(listener)) => {
+                let addr = listener
+                    .local_addr()
+                    .context("cannot read the admin listening address")?;
+                tracing::info!(%addr, tls = server.tls.is_some(), "admin: listening (GET /metrics)");
+                Some(http::server::serve(
+                    listener,
+                    server.tls,
+                    server.router,
+                    server.limits,
+                    token.clone(),
+                    self.grace,
+                ))
+            }
+            (None, Some(_)) => {
+                tracing::warn!("admin: [admin] listen is off; not serving the listener given");
+                None
+            }
+            (_, None) => None,
+        };
+        let public = http::server::serve(
             listener,
             self.tls,
             self.router,
             self.limits,
             token,
             self.grace,
-        )
-        .await;
+        );
+        match admin {
+            Some(admin) => {
+                tokio::join!(public, admin);
+            }
+            None => public.await,
+        }
         // The writers stop once the last request holding a handle is gone.
         let store = self.state.store.clone();
         drop(self.state);

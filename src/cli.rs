@@ -189,7 +189,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-            app.serve(listener, shutdown::signal()).await
+            let admin = crate::app::bind_admin(&settings).await?;
+            app.serve(listener, admin, shutdown::signal()).await
         }
         Command::Migrate => {
             let settings = load(&cli)?;

@@ -43,6 +43,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub database: DatabaseSettings,
     pub security: SecuritySettings,
+    pub admin: AdminSettings,
     pub accounts: Vec<AccountSettings>,
     pub actions: Vec<ActionSettings>,
     pub log: LogSettings,
@@ -225,6 +226,129 @@ impl Default for SecuritySettings {
             rejected_max_rows: 10_000,
             max_auth_failures_per_minute: 60,
         }
+    }
+}
+
+/// The admin listener: `/metrics` (and later the dashboard), apart from the
+/// public INS listener so that nothing operational faces ClickBank.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// `host:port`; empty turns the admin listener off. On a loopback
+    /// address it serves plain HTTP; on any other it serves TLS (the
+    /// `[tls]` certificate) and requires the bearer token.
+    pub listen: String,
+    /// The name of an environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// ... or a file holding it (surrounding whitespace is ignored).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            token_env: None,
+            token_file: None,
+        }
+    }
+}
+
+/// The admin listener as validated: where, and the token it requires.
+#[derive(Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token: Option<SecretString>,
+}
+
+impl Admin {
+    /// Plain HTTP on loopback only; TLS everywhere else.
+    pub fn tls(&self) -> bool {
+        !self.listen.ip().is_loopback()
+    }
+}
+
+/// A bearer token this short is guessable over the network.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+impl AdminSettings {
+    /// Resolves `[admin]`: `None` when it is off. The one place that reads
+    /// the token, for both `validate` and startup.
+    pub fn resolve(&self, tls: TlsMode) -> Result<Option<Admin>, ConfigError> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("`{listen}` is not an address and port, e.g. 127.0.0.1:9090"),
+            )
+        })?;
+        let token = match (&self.token_env, &self.token_file) {
+            (None, None) => None,
+            (Some(var), None) => Some(std::env::var(var).map_err(|_| {
+                invalid(
+                    "admin.token_env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|e| {
+                        invalid(
+                            "admin.token_file",
+                            format!("cannot read `{}`: {e}", path.display()),
+                        )
+                    })?,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "admin.token_env",
+                    "set at most one of admin.token_env and admin.token_file",
+                ))
+            }
+        };
+        if let Some(t) = &token {
+            let key = if self.token_env.is_some() {
+                "admin.token_env"
+            } else {
+                "admin.token_file"
+            };
+            if t.len() < MIN_ADMIN_TOKEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the token must be at least {MIN_ADMIN_TOKEN} printable ASCII characters without spaces"
+                    ),
+                ));
+            }
+        }
+        let admin = Admin {
+            listen,
+            token: token.map(SecretString::from),
+        };
+        if admin.tls() {
+            if admin.token.is_none() {
+                return Err(invalid(
+                    "admin.token_env",
+                    format!(
+                        "admin.listen {listen} is not a loopback address: set admin.token_env or admin.token_file \
+                         (a bearer token), or listen on 127.0.0.1"
+                    ),
+                ));
+            }
+            if tls == TlsMode::Off {
+                return Err(invalid(
+                    "admin.listen",
+                    format!(
+                        "{listen} is not a loopback address, so the admin listener needs TLS, but tls.mode is \"off\""
+                    ),
+                ));
+            }
+        }
+        Ok(Some(admin))
     }
 }
 
@@ -533,6 +657,14 @@ impl Settings {
                 "no [[accounts]] configured: kaching could authenticate nothing",
             ));
         }
+        if let Some(admin) = self.admin.resolve(self.tls.mode)? {
+            if admin.listen == self.server.listen && admin.listen.port() != 0 {
+                return Err(invalid(
+                    "admin.listen",
+                    "must differ from server.listen: the admin listener is kept apart from the INS one",
+                ));
+            }
+        }
         for (i, a) in self.accounts.iter().enumerate() {
             if self.accounts[..i].iter().any(|b| b.name == a.name) {
                 return Err(invalid(
@@ -547,5 +679,92 @@ impl Settings {
     /// The effective settings as TOML, secrets and passwords redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn settings() -> Settings {
+        Settings {
+            accounts: vec![AccountSettings {
+                name: "acme".into(),
+                secret_key: Some(SecretString::from("ACMEKEY123456789".to_owned())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn refusal(s: &Settings) -> (String, String) {
+        match s.validate() {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_admin_listener_is_loopback_plain_and_needs_no_token() {
+        let s = settings();
+        s.validate().unwrap();
+        let admin = s.admin.resolve(s.tls.mode).unwrap().unwrap();
+        assert_eq!(admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert!(!admin.tls());
+        assert!(admin.token.is_none());
+    }
+
+    #[test]
+    fn an_empty_admin_listen_turns_it_off() {
+        let mut s = settings();
+        s.admin.listen = String::new();
+        s.validate().unwrap();
+        assert!(s.admin.resolve(s.tls.mode).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_without_a_credential_is_refused() {
+        let mut s = settings();
+        s.admin.listen = "0.0.0.0:9090".into();
+        let (key, message) = refusal(&s);
+        assert_eq!(key, "admin.token_env");
+        assert!(message.contains("admin.token_file"), "{message}");
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_with_a_token_file_is_accepted_with_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cr3t-admin-token-0123\n").unwrap();
+        let mut s = settings();
+        s.admin.listen = "0.0.0.0:9090".into();
+        s.admin.token_file = Some(path);
+        s.validate().unwrap();
+        let admin = s.admin.resolve(s.tls.mode).unwrap().unwrap();
+        assert!(admin.tls());
+        assert_eq!(
+            admin.token.unwrap().expose_secret(),
+            "s3cr3t-admin-token-0123"
+        );
+        // ...but not without TLS.
+        s.tls.mode = TlsMode::Off;
+        assert_eq!(refusal(&s).0, "admin.listen");
+    }
+
+    #[test]
+    fn admin_token_mistakes_name_their_key() {
+        let mut s = settings();
+        s.admin.token_env = Some("KACHING_TEST_NO_SUCH_VARIABLE".into());
+        assert_eq!(refusal(&s).0, "admin.token_env");
+        s.admin.token_file = Some(PathBuf::from("/nonexistent/token"));
+        assert_eq!(refusal(&s).0, "admin.token_env");
+        s.admin.token_env = None;
+        assert_eq!(refusal(&s).0, "admin.token_file");
+        s.admin.token_file = None;
+        s.admin.listen = "nowhere".into();
+        assert_eq!(refusal(&s).0, "admin.listen");
+        s.admin.listen = s.server.listen.to_string();
+        assert_eq!(refusal(&s).0, "admin.listen");
     }
 }

@@ -32,7 +32,8 @@ const BATCH: i64 = 500;
 /// against its address's failure limit.
 pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Reprocessed> {
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(settings)?));
-    let (writer, _writers) = Writer::spawn(store.clone());
+    // A command, not a server: its metrics are never scraped.
+    let (writer, _writers) = Writer::spawn(store.clone(), Default::default());
     let ingest = Ingest::for_reprocessing(runtime, writer);
     let mut summary = Reprocessed::default();
     let mut seen = 0i64;

@@ -11,11 +11,11 @@
 //! old value until a restart.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Settings;
 use crate::http::tls::{self, CertResolver};
+use crate::metrics::Metrics;
 use crate::runtime::{Live, Runtime};
 
 /// The settings a reload cannot change, as they were at start.
@@ -64,20 +64,23 @@ struct Inner {
     fixed: Fixed,
     /// One reload at a time.
     busy: Mutex<()>,
-    applied: AtomicU64,
-    failed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
-    pub(crate) fn new(settings: &Settings, live: Live, certs: Option<Arc<CertResolver>>) -> Self {
+    pub(crate) fn new(
+        settings: &Settings,
+        live: Live,
+        certs: Option<Arc<CertResolver>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Reloader {
             inner: Arc::new(Inner {
                 live,
                 certs,
                 fixed: Fixed::of(settings),
                 busy: Mutex::new(()),
-                applied: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -87,12 +90,10 @@ impl Reloader {
     pub fn apply(&self, settings: &Settings) -> anyhow::Result<()> {
         let _one = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.build_and_swap(settings);
+        self.inner.metrics.config_reload(result.is_ok());
         match &result {
-            Ok(()) => {
-                self.inner.applied.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(e) => {
-                self.inner.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     error = format!("{e:#}"),
                     "reload: refused; the running configuration stays in force"
@@ -127,14 +128,6 @@ impl Reloader {
         Ok(())
     }
 
-    /// Reloads applied and refused since start.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.inner.applied.load(Ordering::Relaxed),
-            self.inner.failed.load(Ordering::Relaxed),
-        )
-    }
-
     /// Reloads from `config` (the `--config` file, or the default) on every
     /// SIGHUP until the process ends.
     pub fn on_sighup(self, config: Option<PathBuf>) {
@@ -155,7 +148,7 @@ impl Reloader {
                         let _ = self.apply(&settings);
                     }
                     Err(e) => {
-                        self.inner.failed.fetch_add(1, Ordering::Relaxed);
+                        self.inner.metrics.config_reload(false);
                         tracing::error!(
                             error = format!("{e:#}"),
                             "reload: cannot load the configuration; the running one stays in force"

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Action, Actions};
+use crate::metrics::Metrics;
 use crate::store::{Claimed, RunOutcome, Store};
 
 /// How often due runs are looked for.
@@ -55,9 +56,10 @@ impl Dispatcher {
         actions: Arc<Actions>,
         shutdown: CancellationToken,
         grace: Duration,
+        metrics: Arc<Metrics>,
     ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let task = tokio::spawn(run(store, actions, rx, shutdown, grace));
+        let task = tokio::spawn(run(store, actions, rx, shutdown, grace, metrics));
         (Dispatcher { tx }, task)
     }
 }
@@ -78,6 +80,7 @@ async fn run(
     mut rx: mpsc::Receiver<(i64, usize)>,
     shutdown: CancellationToken,
     grace: Duration,
+    metrics: Arc<Metrics>,
 ) {
     if actions.is_empty() {
         // Nothing to run; still drain hints so senders never see a full channel.
@@ -107,6 +110,7 @@ async fn run(
         slots: &slots,
         in_flight: &in_flight,
         finished: &finished,
+        metrics: &metrics,
     };
     tracing::info!(actions = slots.len(), "dispatcher: started");
     loop {
@@ -162,6 +166,7 @@ struct Ctx<'a> {
     slots: &'a [Arc<Semaphore>],
     in_flight: &'a InFlight,
     finished: &'a Finished,
+    metrics: &'a Arc<Metrics>,
 }
 
 /// Claims the hinted runs that have a free slot, one statement per action.
@@ -263,17 +268,19 @@ fn start(
     if let Ok(mut s) = ctx.in_flight.lock() {
         s.insert((id, attempts));
     }
-    let (store, actions, in_flight, finished) = (
+    let (store, actions, in_flight, finished, metrics) = (
         ctx.store.clone(),
         ctx.actions.clone(),
         ctx.in_flight.clone(),
         ctx.finished.clone(),
+        ctx.metrics.clone(),
     );
     let span = tracing::info_span!("action", run = id, attempt = attempts);
     tasks.spawn(
         async move {
             if let Some(action) = actions.get(index) {
                 if let Some(outcome) = execute(&store, action, run).await {
+                    metrics.action_run(index, &outcome);
                     let _ = finished.send((id, attempts, outcome)).await;
                 }
             }

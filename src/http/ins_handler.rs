@@ -111,6 +111,10 @@ async fn receive(
                     "ins: a duplicate differs from the stored notification in more than attemptCount; kept the first"
                 );
             }
+            let account = Some(auth.account.as_str());
+            state
+                .metrics
+                .notification(account, outcome, started.elapsed());
             (StatusCode::OK, "OK").into_response()
         }
         Err(e) => {
@@ -118,6 +122,10 @@ async fn receive(
                 tokio::time::sleep_until((started + REFUSAL_FLOOR).into()).await;
             }
             let latency_us = started.elapsed().as_micros() as u64;
+            // An account not configured counts as none (see `Metrics::notification`).
+            state
+                .metrics
+                .notification(account.as_deref(), e.outcome(), started.elapsed());
             let account = account.as_deref().unwrap_or("");
             match &e {
                 IngestError::Unavailable(cause) => tracing::error!(

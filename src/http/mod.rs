@@ -1,5 +1,6 @@
-//! HTTP: the router, the INS endpoint, health checks, and the mapping of
-//! every outcome to a status. Authentication is delegated to the pure
+//! HTTP: the public router (the INS endpoint and health checks only; the
+//! operational routes are on the admin listener, [`crate::admin`]), and the
+//! mapping of every outcome to a status. Authentication is delegated to the pure
 //! [`crate::ins`] module, storage to [`crate::store`].
 
 mod client_ip;
@@ -19,6 +20,7 @@ use axum::Router;
 
 use crate::config::Settings;
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// What the handlers share: the store (for reads) and the ingest pipeline
@@ -27,6 +29,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The application's routes.

@@ -44,7 +44,20 @@ impl IngestError {
         )
     }
 
-    /// A short machine-friendly label for the log line (and metrics).
+    /// Every value [`IngestError::outcome`] returns: the metrics create one
+    /// series per value at startup.
+    pub const OUTCOMES: [&'static str; 8] = [
+        "ip-denied",
+        "unknown-account",
+        "rate-limited",
+        "too-large",
+        "bad-body",
+        "unrecognised",
+        "rejected",
+        "unavailable",
+    ];
+
+    /// A short machine-friendly label for the log line and the metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
             IngestError::SourceNotAllowed => "ip-denied",
@@ -55,6 +68,31 @@ impl IngestError {
             IngestError::Unrecognised => "unrecognised",
             IngestError::Rejected(_) => "rejected",
             IngestError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_lists_every_outcome() {
+        for e in [
+            IngestError::SourceNotAllowed,
+            IngestError::UnknownAccount,
+            IngestError::RateLimited(Duration::from_secs(1)),
+            IngestError::Body(BodyError::TooLarge),
+            IngestError::Body(BodyError::Unreadable),
+            IngestError::Unrecognised,
+            IngestError::Rejected(Reject::NoKeyDecrypts),
+            IngestError::Unavailable(StoreError::Failing),
+        ] {
+            assert!(
+                IngestError::OUTCOMES.contains(&e.outcome()),
+                "{}",
+                e.outcome()
+            );
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::config::DatabaseSettings;
 use crate::ins::{AccountName, BodyForm, Notification};
 
 pub use self::postgres::PgStore;
-pub use self::runs::{ActionRef, Claimed, RunOutcome, RunRow, RunStatus};
+pub use self::runs::{ActionRef, Claimed, PendingRuns, RunOutcome, RunRow, RunStatus};
 pub use self::sqlite::SqliteStore;
 pub use self::writer::Writer;
 

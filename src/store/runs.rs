@@ -64,6 +64,14 @@ pub struct Claimed {
     pub notification_id: i64,
 }
 
+/// The pending runs of one action, for the outbox gauges.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct PendingRuns {
+    pub count: i64,
+    /// When the oldest of them was created.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
 /// How an execution ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -219,6 +227,15 @@ impl Store {
             .await?;
             Ok(())
         })
+    }
+
+    /// The pending runs of `action`: a range of the `(action, status, …)`
+    /// index, so its cost follows the pending runs, not the table (done
+    /// runs are kept forever). Run at each scrape of `/metrics`.
+    pub async fn pending_runs(&self, action: &str) -> Result<PendingRuns, StoreError> {
+        let sql = "SELECT COUNT(*) AS count, MIN(created_at) AS oldest \
+                   FROM action_runs WHERE action = $1 AND status = 'pending'";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(action).fetch_one(pool).await?))
     }
 
     /// Runs, newest first, optionally of one status and one action.

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
 
 use super::{NewNotification, Recorded, Store, StoreError};
+use crate::metrics::Metrics;
 
 /// Largest batch: a commit's size stays bounded and a batch's rows are
 /// acknowledged together, so this also bounds how long the first waits.
@@ -98,7 +99,7 @@ impl std::fmt::Debug for Job {
 impl Writer {
     /// Starts the writer tasks: several for Postgres (one commits while
     /// another gathers the next batch), one for SQLite (it has one writer lock).
-    pub fn spawn(store: Store) -> (Writer, JoinSet<()>) {
+    pub fn spawn(store: Store, metrics: Arc<Metrics>) -> (Writer, JoinSet<()>) {
         let writers = match store {
             Store::Postgres(_) => 4,
             Store::Sqlite(_) => 1,
@@ -108,7 +109,12 @@ impl Writer {
         let health = Arc::new(CommitHealth::new());
         let mut tasks = JoinSet::new();
         for _ in 0..writers {
-            tasks.spawn(run(store.clone(), rx.clone(), health.clone()));
+            tasks.spawn(run(
+                store.clone(),
+                rx.clone(),
+                health.clone(),
+                metrics.clone(),
+            ));
         }
         (Writer { tx, store, health }, tasks)
     }
@@ -142,7 +148,12 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, health: Arc<CommitHealth>) {
+async fn run(
+    store: Store,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    health: Arc<CommitHealth>,
+    metrics: Arc<Metrics>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
         {
@@ -151,7 +162,7 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, health: Arc<Comm
                 return; // every Writer dropped and the queue is empty
             }
         }
-        commit(&store, &health, &mut jobs).await;
+        commit(&store, &health, &metrics, &mut jobs).await;
     }
 }
 
@@ -160,9 +171,11 @@ async fn run(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>, health: Arc<Comm
 /// tried alone, so one bad row cannot fail the others; if it could not be
 /// reached, or a COMMIT's outcome is unknown, every row of the batch fails
 /// (503, and ClickBank retries).
-async fn commit(store: &Store, health: &CommitHealth, jobs: &mut Vec<Job>) {
+async fn commit(store: &Store, health: &CommitHealth, metrics: &Metrics, jobs: &mut Vec<Job>) {
     let rows: Vec<NewNotification> = jobs.iter().map(|j| j.row.clone()).collect();
+    let started = Instant::now();
     let result = store.record_batch(&rows).await;
+    metrics.commit(rows.len(), started.elapsed(), result.is_ok());
     health.record(result.is_ok());
     match result {
         Ok(results) => {
@@ -173,7 +186,9 @@ async fn commit(store: &Store, health: &CommitHealth, jobs: &mut Vec<Job>) {
         Err(e) if jobs.len() > 1 && e.worth_retrying_alone() => {
             tracing::warn!(error = %e, rows = jobs.len(), "store: batch failed; committing its rows one by one");
             for job in jobs.drain(..) {
+                let started = Instant::now();
                 let result = store.record(job.row).await;
+                metrics.commit(1, started.elapsed(), result.is_ok());
                 health.record(result.is_ok());
                 let _ = job.reply.send(result);
             }

@@ -57,6 +57,7 @@ fn check_config_names_the_bad_key() {
         ("[[accounts]]\nname = \"a\"\nsecret_key = \"K\"\nsecret_key_file = \"/k\"\n", "accounts[0].secret_key"),
         ("[security]\nallowed_ips = [\"not-an-ip\"]\n[[accounts]]\nname = \"a\"\nsecret_key = \"K\"\n", "not-an-ip"),
         ("[server]\nlisen = \"x\"\n", "lisen"),
+        (&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{ACCT}"), "admin.token_env"),
         ("[database]\nurl = \"mysql://x\"\n[[accounts]]\nname = \"a\"\nsecret_key = \"K\"\n", "database.url"),
         ("", "accounts"),
         (&format!("{ACCT}[[actions]]\nname = \"a\"\nkind = \"carrier-pigeon\"\n"), "actions[0].kind"),

@@ -57,6 +57,7 @@ impl Daemon {
             &cfg,
             format!(
                 "[server]\nlisten = \"{addr}\"\n{server}\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\
                  [tls]\nmode = \"{mode}\"\nself_signed_dir = \"{tls_dir}\"\n\
                  [database]\nurl = \"sqlite://{db}\"\n\
                  [log]\nlevel = \"info\"\n\

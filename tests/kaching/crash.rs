@@ -52,7 +52,7 @@ async fn every_run_completes_after_a_sigkill(backend: Backend) {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"{listen}\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
              [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
              [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"http://{target_addr}/hook\"\ntimeout_ms = 1000\n\
              [actions.retry]\nbackoff_ms = 200\n",

@@ -13,6 +13,7 @@ mod connections;
 mod crash;
 mod faults;
 mod ingest;
+mod metrics;
 mod reload;
 mod security;
 mod store;

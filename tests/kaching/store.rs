@@ -113,7 +113,7 @@ async fn group_commit_under_concurrency_stores_everything_exactly_once(backend: 
     let Some((store, _dir, _pg)) = open(backend).await else {
         return;
     };
-    let (writer, mut tasks) = Writer::spawn(store.clone());
+    let (writer, mut tasks) = Writer::spawn(store.clone(), Default::default());
     let t = "2026-11-20T10:00:00-08:00";
     let mut calls = Vec::new();
     for i in 0..200 {
@@ -159,7 +159,7 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch(backend: Backend) 
         Store::Postgres(s) => sqlx::query(refuse).execute(s.pool()).await.map(drop),
     }
     .unwrap();
-    let (writer, _tasks) = Writer::spawn(store.clone());
+    let (writer, _tasks) = Writer::spawn(store.clone(), Default::default());
     let t = "2026-11-20T10:00:00-08:00";
     let poisoned = plaintext("POISON01", "SALE", t, 1).replace("acmevendor", "poison");
     // Stored together, the bad row fails the whole transaction...

@@ -158,6 +158,8 @@ pub fn account(name: &str, key: &str) -> AccountSettings {
 pub struct TestApp {
     pub base: String,
     pub addr: std::net::SocketAddr,
+    /// The admin listener's base URL (`http://127.0.0.1:PORT`), when `[admin]` is on.
+    pub admin_base: Option<String>,
     pub client: reqwest::Client,
     pub store: Store,
     pub settings: Settings,
@@ -176,6 +178,7 @@ impl TestApp {
     ) -> Option<(Settings, Option<PgDatabase>)> {
         let mut s = Settings::default();
         s.server.listen = "127.0.0.1:0".parse().expect("address");
+        s.admin.listen = "127.0.0.1:0".into();
         s.tls.mode = TlsMode::SelfSigned;
         s.tls.self_signed_dir = dir.path().join("tls");
         s.accounts = vec![account("acme", KEY), account("affil", OTHER_KEY)];
@@ -216,8 +219,14 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let admin = kaching::app::bind_admin(&settings)
+            .await
+            .expect("bind the admin listener");
+        let admin_addr = admin
+            .as_ref()
+            .map(|l| l.local_addr().expect("admin local addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.serve(listener, async move {
+        let server = tokio::spawn(app.serve(listener, admin, async move {
             let _ = rx.await;
         }));
         let tls = settings.tls.mode != TlsMode::Off;
@@ -234,6 +243,7 @@ impl TestApp {
         TestApp {
             base: format!("{scheme}://{addr}"),
             addr,
+            admin_base: admin_addr.map(|a| format!("http://{a}")),
             client: client.build().expect("client"),
             store,
             settings,
@@ -268,6 +278,25 @@ impl TestApp {
                 .await;
             assert_eq!(status, 200, "{receipt} {kind}");
         }
+    }
+
+    /// The admin base URL; panics when the test turned `[admin]` off.
+    pub fn admin(&self) -> &str {
+        self.admin_base
+            .as_deref()
+            .expect("the admin listener is on")
+    }
+
+    /// `GET {admin}/metrics`: the Prometheus text.
+    pub async fn scrape(&self) -> String {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.admin()))
+            .send()
+            .await
+            .expect("the scrape reaches the admin listener");
+        assert_eq!(r.status(), 200, "GET /metrics");
+        r.text().await.expect("the metrics text")
     }
 
     pub async fn rows(&self) -> Vec<StoredNotification> {
