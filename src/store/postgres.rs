@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::tx::PgTx;
-use super::{text, NewNotification, StoreError, Unique, Upserted};
+use super::{text, NewNotification, NewRun, StoreError, Unique, Upserted};
 
 /// Opens the batch transaction and learns its id in the same round trip,
 /// so that a COMMIT whose answer is lost can be looked up afterwards.
@@ -113,7 +113,7 @@ impl PgStore {
                     ids.push(*id);
                     names.push(a.name.to_string());
                     times.push(u.row.received_at);
-                    index.insert((*id, a.name.to_string()), (key_of(u), a.index));
+                    index.insert((*id, a.name.to_string()), (key_of(u), a.name.clone()));
                 }
             }
         }
@@ -127,11 +127,11 @@ impl PgStore {
             .fetch_all(&mut **tx)
             .await?;
         for (run, notification, action) in created {
-            let (key, action_index) = index
+            let (key, action) = index
                 .remove(&(notification, action))
                 .ok_or(StoreError::MissingRow)?;
             if let Some(Upserted::Inserted(_, runs)) = found.get_mut(&key) {
-                runs.push((run, action_index));
+                runs.push(NewRun { id: run, action });
             }
         }
         Ok(())

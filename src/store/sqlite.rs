@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 
 use super::postgres::NOTIFICATION_COLUMNS;
 use super::tx::SqliteTx;
-use super::{text, StoreError, Unique, Upserted};
+use super::{text, NewRun, StoreError, Unique, Upserted};
 
 /// Counts copies of a notification stored by an earlier commit.
 const COUNT_DUPLICATES: &str = "\
@@ -154,7 +154,10 @@ impl SqliteStore {
                         .bind(row.received_at)
                         .fetch_one(&mut *tx)
                         .await?;
-                        runs.push((run, a.index));
+                        runs.push(NewRun {
+                            id: run,
+                            action: a.name.clone(),
+                        });
                     }
                     Upserted::Inserted(id, runs)
                 }
