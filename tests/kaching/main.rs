@@ -14,6 +14,7 @@ mod connections;
 mod crash;
 mod faults;
 mod ingest;
+mod outbox;
 mod security;
 mod store;
 mod store_down;
