@@ -239,8 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     for r in runs {
                         // A run of an action the configuration no longer has
                         // is kept and never executed: say so.
-                        let orphaned = match settings.actions.iter().find(|a| a.name == r.action)
-                        {
+                        let orphaned = match settings.actions.iter().find(|a| a.name == r.action) {
                             None => Some("no such action"),
                             Some(a) if !a.enabled => Some("action disabled"),
                             Some(_) => None,

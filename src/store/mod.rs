@@ -142,6 +142,13 @@ pub(crate) fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// An amount as its exact text ("0.00"), as both backends are given it:
+/// SQLite has no decimal type, and Postgres's `::numeric` of the text keeps
+/// the scale, which sqlx's binary encoding of a zero Decimal drops (0.00 → 0).
+pub(crate) fn decimal_text(d: Option<Decimal>) -> Option<String> {
+    d.map(|d| d.to_string())
+}
+
 /// A notification that passed authentication, about to be stored. Owned,
 /// so that it can wait in the [`Writer`]'s queue.
 #[derive(Debug, Clone)]

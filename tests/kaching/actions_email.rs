@@ -165,7 +165,12 @@ async fn only_the_notifications_the_filter_names_send_mail(backend: Backend) {
     let runs = wait_for_runs(&app, "thanks", "the SALE's run to be done", all_done).await;
     let runs: Vec<(&str, &str)> = runs
         .iter()
-        .map(|r| (r.receipt.as_deref().unwrap(), r.transaction_type.as_deref().unwrap()))
+        .map(|r| {
+            (
+                r.receipt.as_deref().unwrap(),
+                r.transaction_type.as_deref().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(runs, [("FILT0003", "SALE")], "no runs for RFND and TEST");
     let all = app.store.list_runs(None, None, 100).await.unwrap();

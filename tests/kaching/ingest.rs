@@ -117,7 +117,10 @@ async fn a_retry_with_a_fresh_iv_and_higher_attempt_is_a_duplicate(backend: Back
     assert_eq!(app.post_ins(retry).await.0, 200);
     let rows = app.rows().await;
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].notification.attempt_count, rows[0].duplicates), (1, 1));
+    assert_eq!(
+        (rows[0].notification.attempt_count, rows[0].duplicates),
+        (1, 1)
+    );
     app.stop().await;
 }
 

@@ -101,7 +101,10 @@ async fn a_run_whose_action_was_removed_is_kept_not_run_and_runs_once_the_action
     settings.actions = vec![log_action("other")];
     let app = TestApp::start(settings, app.dir, app.pg).await;
     // Due now: it would run at once if its action were there.
-    assert_eq!(app.store.retry_runs(&[run.id], Utc::now()).await.unwrap(), 1);
+    assert_eq!(
+        app.store.retry_runs(&[run.id], Utc::now()).await.unwrap(),
+        1
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await; // two polls
     let kept = all_runs(&app.store).await;
     assert_eq!(kept.len(), 1, "{kept:#?}");
@@ -181,7 +184,10 @@ async fn a_run_about_an_alert_is_claimed_executed_and_recorded_done(backend: Bac
 }
 
 /// The migrations up to and including `last`, as a migrator of their own.
-async fn migrator_up_to(backend: Backend, last: i64) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
+async fn migrator_up_to(
+    backend: Backend,
+    last: i64,
+) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
     let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(match backend {
         Backend::Sqlite => "migrations/sqlite",
         Backend::Postgres => "migrations/postgres",

@@ -264,7 +264,12 @@ async fn a_stored_value_that_no_longer_parses_is_an_error_naming_its_column(back
     let Some((store, _dir, _pg)) = open(backend).await else {
         return;
     };
-    let new = row(&plaintext("BADV0001", "SALE", "2026-11-20T10:00:00-08:00", 1));
+    let new = row(&plaintext(
+        "BADV0001",
+        "SALE",
+        "2026-11-20T10:00:00-08:00",
+        1,
+    ));
     let Recorded::New { id, .. } = store.record(new).await.unwrap() else {
         panic!("new")
     };
