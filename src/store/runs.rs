@@ -1,6 +1,8 @@
 //! The outbox of follow-up actions: runs are created with their notification
-//! (see `record_batch`), claimed under a lease, and finished as done, due
-//! again later, or failed (the dead letter). A claim increments `attempts`,
+//! (see `record_batch`) or for another subject ([`Store::enqueue_run`]),
+//! claimed under a lease, and finished as done, due again later, or failed
+//! (the dead letter). A run names its action; runs of an action the
+//! configuration no longer has are kept and never claimed (orphaned). A claim increments `attempts`,
 //! which then fences the finish: a process whose lease ran out and whose run
 //! was taken over cannot overwrite the newer attempt's result.
 
