@@ -106,9 +106,11 @@ impl App {
         let (writer, writers) = Writer::spawn(store.clone(), metrics.clone());
         let token = CancellationToken::new();
         let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
+        let live: Live = Arc::new(ArcSwap::from_pointee(runtime));
+        let in_force = live.clone();
         let (dispatch, dispatcher) = Dispatcher::spawn(
             store.clone(),
-            actions.clone(),
+            move || in_force.load().actions.clone(),
             token.clone(),
             grace,
             metrics.clone(),
@@ -140,7 +142,6 @@ impl App {
                 })
             }
         };
-        let live: Live = Arc::new(ArcSwap::from_pointee(runtime));
         let ingest = Ingest::new(live.clone(), writer, Some(rejected));
         tokio::spawn(hint_new_runs(ingest.subscribe(), dispatch));
         let state = Arc::new(AppState {

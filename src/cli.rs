@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::actions::Actions;
 use crate::app::{open_store, App};
 use crate::config::Settings;
+use crate::ins::TransactionType;
 use crate::runtime::Runtime;
 use crate::store::RunStatus;
 use crate::{ins, rejected, shutdown, telemetry};
@@ -82,8 +83,8 @@ pub enum Command {
         #[arg(long, value_parser = parse_time)]
         until: Option<DateTime<Utc>>,
         /// Only this transaction type (the action's own filter applies too).
-        #[arg(long = "type")]
-        kind: Option<String>,
+        #[arg(long = "type", value_parser = TransactionType::parse)]
+        kind: Option<TransactionType>,
     },
 }
 
@@ -212,15 +213,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{:>6}  {:<20}  {:<12}  {:<14}  {:<16}  {:>10} {:<3}  {:>3}  {:>4}",
                     r.id,
-                    r.transaction_time.format("%Y-%m-%d %H:%M:%S"),
+                    r.notification.transaction_time.format("%Y-%m-%d %H:%M:%S"),
                     r.account,
-                    r.receipt,
-                    r.transaction_type,
-                    r.total_account_amount
+                    r.notification.receipt,
+                    r.notification.transaction_type,
+                    r.notification
+                        .total_account_amount
                         .map(|a| a.to_string())
                         .unwrap_or_default(),
-                    r.currency.unwrap_or_default(),
-                    r.attempt_count,
+                    r.notification.currency.unwrap_or_default(),
+                    r.notification.attempt_count,
                     r.duplicates,
                 );
             }
@@ -242,14 +244,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         "id", "action", "status", "try", "receipt", "type", "next attempt"
                     );
                     for r in runs {
+                        // A run of an action the configuration no longer has
+                        // is kept and never executed: say so.
+                        let orphaned = match settings.actions.iter().find(|a| a.name == r.action) {
+                            None => Some("no such action"),
+                            Some(a) if !a.enabled => Some("action disabled"),
+                            Some(_) => None,
+                        };
                         println!(
                             "{:>6}  {:<16}  {:<8}  {:>3}  {:<14}  {:<16}  {:<20}  {}",
                             r.id,
                             r.action,
-                            r.status,
+                            r.status_label(orphaned),
                             r.attempts,
-                            r.receipt,
-                            r.transaction_type,
+                            r.subject_label(),
+                            r.transaction_type.as_deref().unwrap_or(&r.subject_kind),
                             if r.status == "pending" {
                                 r.next_attempt_at.format("%Y-%m-%d %H:%M:%S").to_string()
                             } else {
@@ -297,7 +306,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let Some(last) = page.last() else { break };
                 after = last.id;
                 for n in &page {
-                    if kind.as_deref().is_none_or(|k| k == n.transaction_type)
+                    if kind
+                        .as_ref()
+                        .is_none_or(|k| *k == n.notification.transaction_type)
                         && act.matches_stored(n)
                     {
                         matched.push(n.id);

@@ -77,6 +77,9 @@ pub struct Metrics {
     store_errors: Counter,
     /// `[action index][done, retry, failed]`.
     action_runs: Vec<[Counter; 3]>,
+    /// Action name to its index in `action_runs`: the actions configured at
+    /// start (one added by a reload gets its series at the next restart).
+    action_index: HashMap<String, usize>,
     /// `[action index]`, set at each scrape.
     outbox_pending: Vec<Gauge>,
     outbox_oldest_age: Vec<Gauge<f64, AtomicU64>>,
@@ -247,6 +250,11 @@ impl Metrics {
             registry,
             notifications,
             account_index,
+            action_index: actions
+                .iter()
+                .enumerate()
+                .map(|(i, a)| ((*a).to_owned(), i))
+                .collect(),
             ins_duration,
             commit_duration,
             batch_rows,
@@ -298,8 +306,11 @@ impl Metrics {
         }
     }
 
-    /// One execution of the action at `index` ended as `outcome`.
-    pub fn action_run(&self, index: usize, outcome: &RunOutcome) {
+    /// One execution of the action named `action` ended as `outcome`.
+    pub fn action_run(&self, action: &str, outcome: &RunOutcome) {
+        let Some(&index) = self.action_index.get(action) else {
+            return;
+        };
         let column = match outcome {
             RunOutcome::Done => 0,
             RunOutcome::Retry { .. } => 1,

@@ -68,15 +68,15 @@ impl Command {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .env("KACHING_EVENT_ID", &event.id)
-            .env("KACHING_TYPE", &event.kind)
-            .env("KACHING_RECEIPT", &event.receipt)
-            .env("KACHING_ACCOUNT", &event.account)
-            .env(
-                "KACHING_AMOUNT",
-                event.amounts.account.as_deref().unwrap_or(""),
-            )
-            .env("KACHING_CURRENCY", event.currency.as_deref().unwrap_or(""));
+            .env("KACHING_EVENT_ID", event.id())
+            .env("KACHING_TYPE", event.kind());
+        // A notification's fields; other subjects (alerts) leave them unset.
+        if let Some(n) = event.as_notification() {
+            cmd.env("KACHING_RECEIPT", &n.receipt)
+                .env("KACHING_ACCOUNT", &n.account)
+                .env("KACHING_AMOUNT", n.amounts.account.as_deref().unwrap_or(""))
+                .env("KACHING_CURRENCY", n.currency.as_deref().unwrap_or(""));
+        }
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }

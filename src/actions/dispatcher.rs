@@ -9,7 +9,7 @@
 //! together), so follow-up work costs the database a few commits per burst,
 //! not two per notification.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::{Action, Actions};
 use crate::metrics::Metrics;
-use crate::store::{Claimed, RunOutcome, Store};
+use crate::store::{Claimed, NewRun, RunOutcome, RunSubject, Store};
 
 /// How often due runs are looked for.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -37,23 +37,27 @@ const BATCH: usize = 512;
 /// The handle the request path uses to hint at new runs.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
-    tx: mpsc::Sender<(i64, usize)>,
+    tx: mpsc::Sender<NewRun>,
 }
 
 impl Dispatcher {
-    /// Hints that runs `(run id, action index)` exist. Never waits.
-    pub fn notify(&self, runs: &[(i64, usize)]) {
+    /// Hints that runs exist. Never waits.
+    pub fn notify(&self, runs: &[NewRun]) {
         for run in runs {
             // Full or closed: the poller will find the run in the database.
-            let _ = self.tx.try_send(*run);
+            let _ = self.tx.try_send(run.clone());
         }
     }
 
     /// Starts the dispatcher; it stops claiming when `shutdown` is
     /// cancelled, then gives running executions `grace` to finish.
+    ///
+    /// `actions` gives the actions in force each time it is called: a
+    /// reload changes what the next claim sees, runs already executing
+    /// finish with the action they started with.
     pub fn spawn(
         store: Store,
-        actions: Arc<Actions>,
+        actions: impl Fn() -> Arc<Actions> + Send + 'static,
         shutdown: CancellationToken,
         grace: Duration,
         metrics: Arc<Metrics>,
@@ -76,24 +80,15 @@ fn lease(action: &Action) -> chrono::Duration {
 
 async fn run(
     store: Store,
-    actions: Arc<Actions>,
-    mut rx: mpsc::Receiver<(i64, usize)>,
+    actions: impl Fn() -> Arc<Actions> + Send + 'static,
+    mut rx: mpsc::Receiver<NewRun>,
     shutdown: CancellationToken,
     grace: Duration,
     metrics: Arc<Metrics>,
 ) {
-    if actions.is_empty() {
-        // Nothing to run; still drain hints so senders never see a full channel.
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = async { while rx.recv().await.is_some() {} } => {}
-        }
-        return;
-    }
-    let slots: Vec<Arc<Semaphore>> = actions
-        .iter()
-        .map(|a| Arc::new(Semaphore::new(a.concurrency)))
-        .collect();
+    // By action name: runs name their action, and a run whose action is
+    // not configured (removed, renamed) has no slot, so it is never claimed.
+    let mut slots = Slots::new();
     let in_flight: InFlight = Arc::default();
     let (finished, finisher) = {
         let (tx, rx) = mpsc::channel(CHANNEL);
@@ -104,16 +99,18 @@ async fn run(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hints = Vec::with_capacity(BATCH);
     let mut hints_open = true;
-    let ctx = Ctx {
-        store: &store,
-        actions: &actions,
-        slots: &slots,
-        in_flight: &in_flight,
-        finished: &finished,
-        metrics: &metrics,
-    };
-    tracing::info!(actions = slots.len(), "dispatcher: started");
+    tracing::info!(actions = actions().iter().count(), "dispatcher: started");
     loop {
+        let current = actions();
+        sync_slots(&mut slots, &current);
+        let ctx = Ctx {
+            store: &store,
+            actions: &current,
+            slots: &slots,
+            in_flight: &in_flight,
+            finished: &finished,
+            metrics: &metrics,
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             n = rx.recv_many(&mut hints, BATCH), if hints_open => {
@@ -163,21 +160,51 @@ async fn run(
 struct Ctx<'a> {
     store: &'a Store,
     actions: &'a Arc<Actions>,
-    slots: &'a [Arc<Semaphore>],
+    slots: &'a Slots,
     in_flight: &'a InFlight,
     finished: &'a Finished,
     metrics: &'a Arc<Metrics>,
 }
 
+/// Each configured action's concurrency limit (and the limit it was made
+/// with), by name.
+type Slots = HashMap<Arc<str>, (usize, Arc<Semaphore>)>;
+
+/// Keeps one slot per action in force: a new action gets one, a removed one
+/// loses it (its runs wait, orphaned), a changed concurrency gets a new one
+/// (executions holding the old one finish under it).
+fn sync_slots(slots: &mut Slots, actions: &Actions) {
+    slots.retain(|name, _| actions.by_name(name).is_some());
+    for a in actions.iter() {
+        if slots
+            .get(&a.name)
+            .is_none_or(|(limit, _)| *limit != a.concurrency)
+        {
+            let slot = (a.concurrency, Arc::new(Semaphore::new(a.concurrency)));
+            slots.insert(a.name.clone(), slot);
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn slot(&self, action: &Action) -> Option<&Arc<Semaphore>> {
+        self.slots.get(&action.name).map(|(_, s)| s)
+    }
+
+    fn free(&self, action: &Action) -> usize {
+        self.slot(action).map_or(0, |s| s.available_permits())
+    }
+}
+
 /// Claims the hinted runs that have a free slot, one statement per action.
 /// A hint without a slot is dropped: the poller finds that run later.
-async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<(i64, usize)>) {
+async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<NewRun>) {
     for action in ctx.actions.iter() {
-        let free = ctx.slots[action.index].available_permits();
+        let free = ctx.free(action);
         let ids: Vec<i64> = hints
             .iter()
-            .filter(|(_, index)| *index == action.index)
-            .map(|(id, _)| *id)
+            .filter(|hint| hint.action == action.name)
+            .map(|hint| hint.id)
             .take(free)
             .collect();
         if ids.is_empty() {
@@ -196,7 +223,7 @@ async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<(i
 /// action's free slots.
 async fn claim_due(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>) {
     for action in ctx.actions.iter() {
-        let free = ctx.slots[action.index].available_permits();
+        let free = ctx.free(action);
         if free == 0 {
             continue;
         }
@@ -217,10 +244,10 @@ async fn claim_due(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>) {
 
 async fn start_all(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, action: &Action, claimed: Vec<Claimed>) {
     for run in claimed {
-        match ctx.slots[action.index].clone().try_acquire_owned() {
-            Ok(permit) => start(ctx, tasks, action.index, run, permit),
+        match ctx.slot(action).map(|s| s.clone().try_acquire_owned()) {
+            Some(Ok(permit)) => start(ctx, tasks, action.name.clone(), run, permit),
             // Cannot happen (we claimed at most the free slots), but never run unbounded.
-            Err(_) => {
+            Some(Err(_)) | None => {
                 let _ = ctx.store.release_run(run.id, run.attempts).await;
             }
         }
@@ -260,7 +287,7 @@ async fn record_outcomes(store: Store, mut rx: mpsc::Receiver<(i64, i32, RunOutc
 fn start(
     ctx: &Ctx<'_>,
     tasks: &mut JoinSet<()>,
-    index: usize,
+    action: Arc<str>,
     run: Claimed,
     permit: OwnedSemaphorePermit,
 ) {
@@ -278,9 +305,9 @@ fn start(
     let span = tracing::info_span!("action", run = id, attempt = attempts);
     tasks.spawn(
         async move {
-            if let Some(action) = actions.get(index) {
+            if let Some(action) = actions.by_name(&action) {
                 if let Some(outcome) = execute(&store, action, run).await {
-                    metrics.action_run(index, &outcome);
+                    metrics.action_run(&action.name, &outcome);
                     let _ = finished.send((id, attempts, outcome)).await;
                 }
             }
@@ -295,16 +322,18 @@ fn start(
 
 /// One execution of one run; returns the run's next state.
 async fn execute(store: &Store, action: &Action, run: Claimed) -> Option<RunOutcome> {
-    let notification = match store.notification(run.notification_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return None,
-        Err(e) => {
-            // Leave it running: the lease expires and the poller retries it.
-            tracing::warn!(error = %e, "dispatcher: cannot load the notification");
-            return None;
-        }
+    let event = match &run.subject {
+        RunSubject::Notification(id) => match store.notification(*id).await {
+            Ok(Some(n)) => action.event(&n),
+            Ok(None) => return None,
+            Err(e) => {
+                // Leave it running: the lease expires and the poller retries it.
+                tracing::warn!(error = %e, "dispatcher: cannot load the notification");
+                return None;
+            }
+        },
+        RunSubject::Alert(alert) => action.alert_event(alert),
     };
-    let event = action.event(&notification);
     let started = std::time::Instant::now();
     // Each kind enforces `timeout` itself and says how it ended; this bound
     // is the safety net for one that would hang anyway.
@@ -318,13 +347,13 @@ async fn execute(store: &Store, action: &Action, run: Claimed) -> Option<RunOutc
     let latency_ms = started.elapsed().as_millis() as u64;
     match &next {
         RunOutcome::Done => {
-            tracing::debug!(action = %action.name, event = %event.id, receipt = %event.receipt, latency_ms, "action: done")
+            tracing::debug!(action = %action.name, event = %event.id(), receipt = %event.receipt(), latency_ms, "action: done")
         }
         RunOutcome::Retry { at, error } => {
-            tracing::warn!(action = %action.name, event = %event.id, receipt = %event.receipt, %error, retry_at = %at, "action: will retry")
+            tracing::warn!(action = %action.name, event = %event.id(), receipt = %event.receipt(), %error, retry_at = %at, "action: will retry")
         }
         RunOutcome::Failed { error } => {
-            tracing::error!(action = %action.name, event = %event.id, receipt = %event.receipt, %error, "action: failed (dead letter)")
+            tracing::error!(action = %action.name, event = %event.id(), receipt = %event.receipt(), %error, "action: failed (dead letter)")
         }
     }
     Some(next)

@@ -140,7 +140,12 @@ impl Email {
         };
         // Stable across retries, so a resend after a lost "250 OK" can be
         // recognised as the same message.
-        let message_id = format!("<{}.{}@{}>", event.id, self.name, self.from.email.domain());
+        let message_id = format!(
+            "<{}.{}@{}>",
+            event.id(),
+            self.name,
+            self.from.email.domain()
+        );
         let mut builder = Message::builder()
             .message_id(Some(message_id))
             .from(self.from.clone())

@@ -6,11 +6,34 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::ins::TransactionType;
-use crate::store::StoredNotification;
+use crate::ins::BodyForm;
+use crate::store::{AlertSubject, StoredNotification};
 
+/// What an action receives: about a notification (the documented event),
+/// or about another subject.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+#[serde(untagged)]
+pub enum Event {
+    Notification(Box<NotificationEvent>),
+    /// Provisional: the minimal shape of an alert's event until alerts
+    /// arrive (a later issue); not documented for users yet.
+    Alert(AlertEvent),
+}
+
+/// Provisional (see [`Event::Alert`]): `{"id": "alr_7", "type": "alert",
+/// "alert": {"id": 7, "subject": "…"}}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertEvent {
+    /// `alr_` and the alert's id: every delivery of one alert carries the same.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub alert: AlertSubject,
+}
+
+/// The event of a notification, as the README documents it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationEvent {
     /// Stable: derived from the dedup key, so every delivery of one
     /// notification (retries, restarts, replays) carries the same id.
     pub id: String,
@@ -50,17 +73,18 @@ pub struct Amounts {
 
 /// `evt_` and 32 hex digits of the SHA-256 of the dedup key.
 pub fn event_id(n: &StoredNotification) -> String {
+    let x = &n.notification;
     let mut h = Sha256::new();
     for part in [
         n.account.as_str(),
-        n.role.as_str(),
-        n.receipt.as_str(),
-        n.transaction_type.as_str(),
+        x.role.as_str(),
+        x.receipt.as_str(),
+        x.transaction_type.as_str(),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    h.update(n.transaction_time.to_rfc3339().as_bytes());
+    h.update(x.transaction_time.to_rfc3339().as_bytes());
     let digest = hex::encode(h.finalize());
     format!("evt_{}", &digest[..32])
 }
@@ -71,9 +95,10 @@ fn is_legacy_customer_field(k: &str) -> bool {
 
 impl Event {
     pub fn new(n: &StoredNotification, include_customer: bool) -> Event {
+        let x = &n.notification;
         let mut notification: Value =
-            serde_json::from_str(&n.payload).unwrap_or_else(|_| Value::String(n.payload.clone()));
-        let legacy = n.form == "legacy-form";
+            serde_json::from_str(&x.payload).unwrap_or_else(|_| Value::String(x.payload.clone()));
+        let legacy = n.form == BodyForm::LegacyForm;
         let customer = match notification.as_object_mut() {
             Some(o) if legacy => {
                 let fields: serde_json::Map<String, Value> = o
@@ -95,34 +120,71 @@ impl Event {
             .cloned()
             .unwrap_or_else(|| Value::Array(Vec::new()));
         let text = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
-        Event {
+        Event::Notification(Box::new(NotificationEvent {
             id: event_id(n),
             notification_id: n.id,
-            account: n.account.clone(),
-            test: TransactionType::parse(&n.transaction_type).is_ok_and(|t| t.is_test()),
-            kind: n.transaction_type.clone(),
-            role: n.role.clone(),
-            receipt: n.receipt.clone(),
-            transaction_time: n.transaction_time,
+            account: n.account.to_string(),
+            test: x.transaction_type.is_test(),
+            kind: x.transaction_type.to_string(),
+            role: x.role.to_string(),
+            receipt: x.receipt.to_string(),
+            transaction_time: x.transaction_time,
             received_at: n.received_at,
-            vendor: n.vendor.clone(),
-            affiliate: n.affiliate.clone(),
+            vendor: x.vendor.clone(),
+            affiliate: x.affiliate.clone(),
             amounts: Amounts {
-                account: text(n.total_account_amount),
-                order: text(n.total_order_amount),
-                tax: text(n.total_tax_amount),
-                shipping: text(n.total_shipping_amount),
+                account: text(x.total_account_amount),
+                order: text(x.total_order_amount),
+                tax: text(x.total_tax_amount),
+                shipping: text(x.total_shipping_amount),
             },
-            currency: n.currency.clone(),
+            currency: x.currency.clone(),
             line_items,
             customer: if include_customer { customer } else { None },
             notification,
+        }))
+    }
+
+    /// The event of an alert (provisional, see [`Event::Alert`]).
+    pub fn alert(alert: &AlertSubject) -> Event {
+        Event::Alert(AlertEvent {
+            id: format!("alr_{}", alert.id),
+            kind: "alert",
+            alert: alert.clone(),
+        })
+    }
+
+    /// Stable across deliveries of one subject: webhook ids, message ids.
+    pub fn id(&self) -> &str {
+        match self {
+            Event::Notification(n) => &n.id,
+            Event::Alert(a) => &a.id,
+        }
+    }
+
+    /// The transaction type, or `alert`.
+    pub fn kind(&self) -> &str {
+        match self {
+            Event::Notification(n) => &n.kind,
+            Event::Alert(a) => a.kind,
+        }
+    }
+
+    /// The notification's receipt, or empty (for logs).
+    pub fn receipt(&self) -> &str {
+        self.as_notification().map_or("", |n| n.receipt.as_str())
+    }
+
+    pub fn as_notification(&self) -> Option<&NotificationEvent> {
+        match self {
+            Event::Notification(n) => Some(n),
+            Event::Alert(_) => None,
         }
     }
 
     /// The buyer's email: `customer.billing.email` (legacy: `ccustemail`).
     pub fn customer_email(&self) -> Option<&str> {
-        let c = self.customer.as_ref()?;
+        let c = self.as_notification()?.customer.as_ref()?;
         c.pointer("/billing/email")
             .or_else(|| c.get("ccustemail"))
             .and_then(Value::as_str)

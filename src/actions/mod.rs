@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 
 use crate::config::{invalid, ActionSettings, ConfigError};
 use crate::ins::{Notification, TransactionType};
-use crate::store::{ActionRef, RunOutcome, StoredNotification};
+use crate::store::{ActionRef, AlertSubject, RunOutcome, StoredNotification};
 
 pub use dispatcher::Dispatcher;
 pub use event::Event;
@@ -62,7 +62,7 @@ enum Kind {
 /// Which notifications an action runs for.
 #[derive(Debug, Clone)]
 struct Filter {
-    types: Vec<String>,
+    types: Vec<TransactionType>,
     roles: Vec<String>,
     accounts: Vec<String>,
     items: Vec<String>,
@@ -70,28 +70,20 @@ struct Filter {
     include_tests: bool,
 }
 
-/// What a filter looks at.
-struct Subject<'a> {
-    account: &'a str,
-    transaction_type: &'a str,
-    role: &'a str,
-    amount: Option<Decimal>,
-    payload: &'a str,
-}
-
 impl Filter {
-    fn matches(&self, s: &Subject<'_>) -> bool {
-        let test = TransactionType::parse(s.transaction_type).is_ok_and(|t| t.is_test());
+    /// Does a notification for `account` pass? Looks at the typed fields
+    /// the ins layer parsed, stored or not.
+    fn matches(&self, account: &str, n: &Notification) -> bool {
         let listed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
-        (!test || self.include_tests)
-            && listed(&self.types, s.transaction_type)
-            && listed(&self.roles, s.role)
-            && listed(&self.accounts, s.account)
+        (!n.transaction_type.is_test() || self.include_tests)
+            && (self.types.is_empty() || self.types.contains(&n.transaction_type))
+            && listed(&self.roles, n.role.as_str())
+            && listed(&self.accounts, account)
             && self
                 .min_amount
-                .is_none_or(|min| s.amount.is_some_and(|a| a >= min))
+                .is_none_or(|min| n.total_account_amount.is_some_and(|a| a >= min))
             && (self.items.is_empty()
-                || item_numbers(s.payload)
+                || item_numbers(&n.payload)
                     .iter()
                     .any(|i| self.items.contains(i)))
     }
@@ -176,7 +168,6 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct Action {
     pub name: Arc<str>,
-    pub index: usize,
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub concurrency: usize,
@@ -194,16 +185,24 @@ impl Action {
             Kind::Email(e) => e.send(event).await,
             Kind::Command(c) => c.run(event, self.timeout).await,
             Kind::Log => {
-                tracing::info!(
-                    action = %self.name,
-                    event = %event.id,
-                    account = %event.account,
-                    r#type = %event.kind,
-                    receipt = %event.receipt,
-                    amount = event.amounts.account.as_deref().unwrap_or(""),
-                    currency = event.currency.as_deref().unwrap_or(""),
-                    "action: notification"
-                );
+                match event {
+                    Event::Notification(n) => tracing::info!(
+                        action = %self.name,
+                        event = %n.id,
+                        account = %n.account,
+                        r#type = %n.kind,
+                        receipt = %n.receipt,
+                        amount = n.amounts.account.as_deref().unwrap_or(""),
+                        currency = n.currency.as_deref().unwrap_or(""),
+                        "action: notification"
+                    ),
+                    Event::Alert(a) => tracing::info!(
+                        action = %self.name,
+                        event = %a.id,
+                        alert = a.alert.id,
+                        "action: alert"
+                    ),
+                }
                 Outcome::Done
             }
         }
@@ -214,15 +213,14 @@ impl Action {
         Event::new(n, self.include_customer)
     }
 
+    /// The event this action sends for an alert (provisional, see [`Event::Alert`]).
+    pub fn alert_event(&self, alert: &AlertSubject) -> Event {
+        Event::alert(alert)
+    }
+
     /// Does this action run for a stored notification? (`kaching replay`)
     pub fn matches_stored(&self, n: &StoredNotification) -> bool {
-        self.filter.matches(&Subject {
-            account: &n.account,
-            transaction_type: &n.transaction_type,
-            role: &n.role,
-            amount: n.total_account_amount,
-            payload: &n.payload,
-        })
+        self.filter.matches(n.account.as_str(), &n.notification)
     }
 }
 
@@ -287,15 +285,17 @@ impl Actions {
                     })
                 })
                 .transpose()?;
-            for t in &s.when.types {
-                TransactionType::parse(t).map_err(|e| invalid(key("when.types"), e))?;
-            }
+            let types = s
+                .when
+                .types
+                .iter()
+                .map(|t| TransactionType::parse(t).map_err(|e| invalid(key("when.types"), e)))
+                .collect::<Result<Vec<_>, _>>()?;
             if !s.enabled {
                 continue;
             }
             list.push(Action {
                 name: Arc::from(s.name.as_str()),
-                index: list.len(),
                 retry: RetryPolicy {
                     max_attempts: s.retry.max_attempts,
                     max_age,
@@ -305,7 +305,7 @@ impl Actions {
                 concurrency: usize::try_from(s.concurrency).unwrap_or(1),
                 include_customer: s.include_customer,
                 filter: Filter {
-                    types: s.when.types.clone(),
+                    types,
                     roles: s.when.roles.clone(),
                     accounts: s.when.accounts.clone(),
                     items: s.when.items.clone(),
@@ -322,10 +322,6 @@ impl Actions {
         self.list.iter()
     }
 
-    pub fn get(&self, index: usize) -> Option<&Action> {
-        self.list.get(index)
-    }
-
     pub fn by_name(&self, name: &str) -> Option<&Action> {
         self.list.iter().find(|a| &*a.name == name)
     }
@@ -336,18 +332,10 @@ impl Actions {
 
     /// The actions a new notification gets runs for.
     pub fn matching(&self, account: &str, n: &Notification) -> Vec<ActionRef> {
-        let subject = Subject {
-            account,
-            transaction_type: n.transaction_type.as_str(),
-            role: n.role.as_str(),
-            amount: n.total_account_amount,
-            payload: &n.payload,
-        };
         self.list
             .iter()
-            .filter(|a| a.filter.matches(&subject))
+            .filter(|a| a.filter.matches(account, n))
             .map(|a| ActionRef {
-                index: a.index,
                 name: a.name.clone(),
             })
             .collect()
@@ -400,13 +388,23 @@ mod tests {
         }
     }
 
-    fn subject<'a>(kind: &'a str, amount: &str, payload: &'a str) -> Subject<'a> {
-        Subject {
-            account: "acme",
-            transaction_type: kind,
-            role: "VENDOR",
-            amount: Decimal::from_str(amount).ok(),
-            payload,
+    /// A notification for account `acme` as the ins layer would parse it.
+    fn subject(kind: &str, amount: &str, payload: &str) -> Notification {
+        Notification {
+            role: crate::ins::Role::parse("VENDOR").unwrap(),
+            receipt: crate::ins::Receipt::parse("ABCD1234").unwrap(),
+            transaction_type: TransactionType::parse(kind).unwrap(),
+            transaction_time: chrono::Utc::now(),
+            vendor: None,
+            affiliate: None,
+            total_account_amount: Decimal::from_str(amount).ok(),
+            total_order_amount: None,
+            total_tax_amount: None,
+            total_shipping_amount: None,
+            currency: None,
+            version: None,
+            attempt_count: 1,
+            payload: payload.to_owned(),
         }
     }
 
@@ -418,7 +416,7 @@ mod tests {
             edit(&mut f);
             f
         };
-        let cases: Vec<(Filter, Subject<'_>, bool)> = vec![
+        let cases: Vec<(Filter, Notification, bool)> = vec![
             (filter(), subject("SALE", "1.00", p), true),
             (filter(), subject("TEST", "1.00", p), false),
             (filter(), subject("TEST_SALE", "1.00", p), false),
@@ -428,12 +426,12 @@ mod tests {
                 true,
             ),
             (
-                f(&|f| f.types = vec!["SALE".into()]),
+                f(&|f| f.types = vec![TransactionType::Sale]),
                 subject("RFND", "1.00", p),
                 false,
             ),
             (
-                f(&|f| f.types = vec!["SALE".into(), "BILL".into()]),
+                f(&|f| f.types = vec![TransactionType::Sale, TransactionType::Bill]),
                 subject("BILL", "1.00", p),
                 true,
             ),
@@ -479,7 +477,7 @@ mod tests {
             ),
         ];
         for (i, (f, s, want)) in cases.iter().enumerate() {
-            assert_eq!(f.matches(s), *want, "case {i}");
+            assert_eq!(f.matches("acme", s), *want, "case {i}");
         }
     }
 

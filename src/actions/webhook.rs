@@ -122,12 +122,12 @@ impl Webhook {
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &event.id)
+            .header("webhook-id", event.id())
             .header("webhook-timestamp", &timestamp);
         if let Some(key) = &self.key {
             request = request.header(
                 "webhook-signature",
-                sign(key.expose_secret(), &event.id, &timestamp, &body),
+                sign(key.expose_secret(), event.id(), &timestamp, &body),
             );
         }
         let response = match request.body(body).send().await {

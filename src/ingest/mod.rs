@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 
 use crate::ins::{self, AccountKeys, AccountName, BodyForm, Notification};
 use crate::runtime::{contains, Live, Runtime};
-use crate::store::{NewNotification, NewRejected, Recorded, StoreError, Writer};
+use crate::store::{NewNotification, NewRejected, NewRun, Recorded, StoreError, Writer};
 
 pub use error::{BodyError, IngestError};
 pub use keeper::RejectedKeeper;
@@ -70,8 +70,8 @@ pub struct Committed {
     /// Type, role, amounts, currency, products: the parsed notification.
     pub notification: Arc<Notification>,
     pub received_at: DateTime<Utc>,
-    /// The action runs created with it: (run id, action index).
-    pub runs: Vec<(i64, usize)>,
+    /// The action runs created with it.
+    pub runs: Vec<NewRun>,
 }
 
 /// The pipeline and what it holds between posts.

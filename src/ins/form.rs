@@ -27,6 +27,18 @@ impl BodyForm {
             BodyForm::PlainJson => "hmac-json",
         }
     }
+
+    /// The form named by [`BodyForm::as_str`] (a stored value read back).
+    pub fn parse(s: &str) -> Result<BodyForm, String> {
+        [
+            BodyForm::Envelope,
+            BodyForm::LegacyForm,
+            BodyForm::PlainJson,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == s)
+        .ok_or_else(|| "body form must be envelope, legacy-form or hmac-json".to_owned())
+    }
 }
 
 impl std::fmt::Display for BodyForm {

@@ -227,7 +227,7 @@ impl fmt::Display for TransactionType {
 }
 
 /// One authenticated notification, normalised across the envelope, legacy and HMAC forms.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Notification {
     pub role: Role,
     pub receipt: Receipt,

@@ -27,10 +27,13 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::config::DatabaseSettings;
-use crate::ins::{AccountName, BodyForm, Notification};
+use crate::ins::{AccountName, BodyForm, Notification, Receipt, Role, TransactionType};
 
 pub use self::postgres::PgStore;
-pub use self::runs::{ActionRef, Claimed, PendingRuns, RunOutcome, RunRow, RunStatus};
+pub use self::runs::{
+    ActionRef, AlertSubject, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus,
+    RunSubject,
+};
 pub use self::sqlite::SqliteStore;
 pub use self::writer::Writer;
 
@@ -98,8 +101,12 @@ pub enum StoreError {
     WriterStopped,
     #[error("the database returned no row for a notification of the batch")]
     MissingRow,
-    #[error("a stored amount is not a decimal: {0}")]
-    BadAmount(String),
+    /// A stored value the ins layer's constructor no longer accepts.
+    #[error("the stored {column} does not parse: {reason}")]
+    BadValue {
+        column: &'static str,
+        reason: String,
+    },
     /// The connection broke during COMMIT and the server could not say in
     /// time whether it committed: the rows are neither acknowledged nor
     /// retried (ClickBank's retry will find them, or store them).
@@ -136,6 +143,13 @@ pub(crate) fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// An amount as its exact text ("0.00"), as both backends are given it:
+/// SQLite has no decimal type, and Postgres's `::numeric` of the text keeps
+/// the scale, which sqlx's binary encoding of a zero Decimal drops (0.00 → 0).
+pub(crate) fn decimal_text(d: Option<Decimal>) -> Option<String> {
+    d.map(|d| d.to_string())
+}
+
 /// A notification that passed authentication, about to be stored. Owned,
 /// so that it can wait in the [`Writer`]'s queue.
 #[derive(Debug, Clone)]
@@ -166,9 +180,8 @@ impl NewNotification {
 /// What storing one notification did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    /// First copy: a new row, and the action runs created with it
-    /// (run id, index of the action).
-    New { id: i64, runs: Vec<(i64, usize)> },
+    /// First copy: a new row, and the action runs created with it.
+    New { id: i64, runs: Vec<NewRun> },
     /// A copy of a stored notification (a ClickBank retry, a replay).
     /// `differs` is true when it differs from the stored one in more than
     /// `attemptCount`, which a genuine retry never does.
@@ -185,7 +198,7 @@ pub(crate) struct Unique<'a> {
 #[derive(Debug)]
 pub(crate) enum Upserted {
     /// Inserted, with `duplicates = copies - 1`, and its runs.
-    Inserted(i64, Vec<(i64, usize)>),
+    Inserted(i64, Vec<NewRun>),
     /// Already stored (by an earlier commit): `duplicates += copies`. The stored payload.
     Existing(i64, String),
 }
@@ -201,28 +214,17 @@ pub struct NewRejected {
     pub signature: Option<String>,
 }
 
-/// A stored notification, as listed by `kaching notifications`, the
-/// dispatcher and the tests.
+/// A stored notification, read back typed: the [`Notification`] the ins
+/// layer parsed (role, receipt, transaction type, amounts…) and the row's
+/// own metadata. What `kaching notifications`, the dispatcher, replay and
+/// the tests see; nothing past the store re-parses a column.
 #[derive(Debug, Clone)]
 pub struct StoredNotification {
     pub id: i64,
-    pub account: String,
-    pub role: String,
-    pub receipt: String,
-    pub transaction_type: String,
-    pub transaction_time: DateTime<Utc>,
-    pub vendor: Option<String>,
-    pub affiliate: Option<String>,
-    pub total_account_amount: Option<Decimal>,
-    pub total_order_amount: Option<Decimal>,
-    pub total_tax_amount: Option<Decimal>,
-    pub total_shipping_amount: Option<Decimal>,
-    pub currency: Option<String>,
-    pub version: Option<String>,
-    pub attempt_count: i32,
-    pub form: String,
-    pub payload: String,
-    pub source_ip: Option<String>,
+    pub account: AccountName,
+    pub form: BodyForm,
+    pub notification: Notification,
+    pub source_ip: Option<IpAddr>,
     pub received_at: DateTime<Utc>,
     pub duplicates: i64,
     pub last_seen_at: DateTime<Utc>,
@@ -238,6 +240,8 @@ SELECT id, account, role, receipt, transaction_type, transaction_time, vendor, a
     currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, last_seen_at \
 FROM notifications";
 
+/// A `notifications` row as both backends decode it: the one place columns
+/// become a [`StoredNotification`] (see its `TryFrom`).
 #[derive(sqlx::FromRow)]
 struct NotificationRow {
     id: i64,
@@ -263,9 +267,24 @@ struct NotificationRow {
     last_seen_at: DateTime<Utc>,
 }
 
-fn decimal(s: Option<String>) -> Result<Option<Decimal>, StoreError> {
-    s.map(|s| Decimal::from_str(&s).map_err(|_| StoreError::BadAmount(s)))
-        .transpose()
+/// Parses a stored value with the ins layer's own constructor; a value that
+/// no longer parses (edited by hand, written by a later version) is an error
+/// naming its column, never a panic and never silently accepted.
+fn column<T>(
+    column: &'static str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, StoreError> {
+    parse(value).map_err(|reason| StoreError::BadValue { column, reason })
+}
+
+fn decimal(name: &'static str, s: Option<String>) -> Result<Option<Decimal>, StoreError> {
+    s.map(|s| {
+        column(name, &s, |s| {
+            Decimal::from_str(s).map_err(|_| "not a decimal".to_owned())
+        })
+    })
+    .transpose()
 }
 
 impl TryFrom<NotificationRow> for StoredNotification {
@@ -273,23 +292,36 @@ impl TryFrom<NotificationRow> for StoredNotification {
     fn try_from(r: NotificationRow) -> Result<Self, StoreError> {
         Ok(StoredNotification {
             id: r.id,
-            account: r.account,
-            role: r.role,
-            receipt: r.receipt,
-            transaction_type: r.transaction_type,
-            transaction_time: r.transaction_time,
-            vendor: r.vendor,
-            affiliate: r.affiliate,
-            total_account_amount: decimal(r.total_account_amount)?,
-            total_order_amount: decimal(r.total_order_amount)?,
-            total_tax_amount: decimal(r.total_tax_amount)?,
-            total_shipping_amount: decimal(r.total_shipping_amount)?,
-            currency: r.currency,
-            version: r.version,
-            attempt_count: r.attempt_count,
-            form: r.form,
-            payload: r.payload,
-            source_ip: r.source_ip,
+            account: column("account", &r.account, AccountName::parse)?,
+            form: column("form", &r.form, BodyForm::parse)?,
+            notification: Notification {
+                role: column("role", &r.role, Role::parse)?,
+                receipt: column("receipt", &r.receipt, Receipt::parse)?,
+                transaction_type: column(
+                    "transaction_type",
+                    &r.transaction_type,
+                    TransactionType::parse,
+                )?,
+                transaction_time: r.transaction_time,
+                vendor: r.vendor,
+                affiliate: r.affiliate,
+                total_account_amount: decimal("total_account_amount", r.total_account_amount)?,
+                total_order_amount: decimal("total_order_amount", r.total_order_amount)?,
+                total_tax_amount: decimal("total_tax_amount", r.total_tax_amount)?,
+                total_shipping_amount: decimal("total_shipping_amount", r.total_shipping_amount)?,
+                currency: r.currency,
+                version: r.version,
+                attempt_count: r.attempt_count,
+                payload: r.payload,
+            },
+            source_ip: r
+                .source_ip
+                .map(|ip| {
+                    column("source_ip", &ip, |s| {
+                        IpAddr::from_str(s).map_err(|_| "not an IP address".to_owned())
+                    })
+                })
+                .transpose()?,
             received_at: r.received_at,
             duplicates: r.duplicates,
             last_seen_at: r.last_seen_at,

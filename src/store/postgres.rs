@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::tx::PgTx;
-use super::{text, NewNotification, StoreError, Unique, Upserted};
+use super::{decimal_text, text, NewNotification, NewRun, StoreError, Unique, Upserted};
 
 /// Opens the batch transaction and learns its id in the same round trip,
 /// so that a COMMIT whose answer is lost can be looked up afterwards.
@@ -46,10 +46,10 @@ INSERT INTO notifications (account, role, receipt, transaction_type, transaction
     affiliate, total_account_amount, total_order_amount, total_tax_amount, total_shipping_amount, \
     currency, version, attempt_count, form, payload, source_ip, received_at, last_seen_at, duplicates) \
 SELECT u.account, u.role, u.receipt, u.transaction_type, u.transaction_time, u.vendor, u.affiliate, \
-    u.a1, u.a2, u.a3, u.a4, u.currency, u.version, u.attempt_count, u.form, u.payload, u.source_ip, \
+    u.a1::numeric, u.a2::numeric, u.a3::numeric, u.a4::numeric, u.currency, u.version, u.attempt_count, u.form, u.payload, u.source_ip, \
     u.received_at, u.received_at, u.duplicates \
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], \
-    $7::text[], $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[], $12::text[], \
+    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
     $13::text[], $14::int4[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], $19::int8[]) \
     AS u(account, role, receipt, transaction_type, transaction_time, vendor, affiliate, a1, a2, a3, \
     a4, currency, version, attempt_count, form, payload, source_ip, received_at, duplicates) \
@@ -113,7 +113,7 @@ impl PgStore {
                     ids.push(*id);
                     names.push(a.name.to_string());
                     times.push(u.row.received_at);
-                    index.insert((*id, a.name.to_string()), (key_of(u), a.index));
+                    index.insert((*id, a.name.to_string()), (key_of(u), a.name.clone()));
                 }
             }
         }
@@ -127,11 +127,11 @@ impl PgStore {
             .fetch_all(&mut **tx)
             .await?;
         for (run, notification, action) in created {
-            let (key, action_index) = index
+            let (key, action) = index
                 .remove(&(notification, action))
                 .ok_or(StoreError::MissingRow)?;
             if let Some(Upserted::Inserted(_, runs)) = found.get_mut(&key) {
-                runs.push((run, action_index));
+                runs.push(NewRun { id: run, action });
             }
         }
         Ok(())
@@ -225,10 +225,16 @@ impl PgStore {
             .bind(col(&all, |r| r.notification.transaction_time))
             .bind(col(&all, |r| r.notification.vendor.as_deref().map(text)))
             .bind(col(&all, |r| r.notification.affiliate.as_deref().map(text)))
-            .bind(col(&all, |r| r.notification.total_account_amount))
-            .bind(col(&all, |r| r.notification.total_order_amount))
-            .bind(col(&all, |r| r.notification.total_tax_amount))
-            .bind(col(&all, |r| r.notification.total_shipping_amount))
+            .bind(col(&all, |r| {
+                decimal_text(r.notification.total_account_amount)
+            }))
+            .bind(col(&all, |r| {
+                decimal_text(r.notification.total_order_amount)
+            }))
+            .bind(col(&all, |r| decimal_text(r.notification.total_tax_amount)))
+            .bind(col(&all, |r| {
+                decimal_text(r.notification.total_shipping_amount)
+            }))
             .bind(col(&all, |r| r.notification.currency.as_deref().map(text)))
             .bind(col(&all, |r| r.notification.version.as_deref().map(text)))
             .bind(col(&all, |r| r.notification.attempt_count))

@@ -1,6 +1,8 @@
 //! The outbox of follow-up actions: runs are created with their notification
-//! (see `record_batch`), claimed under a lease, and finished as done, due
-//! again later, or failed (the dead letter). A claim increments `attempts`,
+//! (see `record_batch`) or for another subject ([`Store::enqueue_run`]),
+//! claimed under a lease, and finished as done, due again later, or failed
+//! (the dead letter). A run names its action; runs of an action the
+//! configuration no longer has are kept and never claimed (orphaned). A claim increments `attempts`,
 //! which then fences the finish: a process whose lease ran out and whose run
 //! was taken over cannot overwrite the newer attempt's result.
 
@@ -8,14 +10,81 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{on_pool, relaxed_tx, Store, StoreError};
+use super::{on_pool, relaxed_tx, text, Store, StoreError};
 
-/// An action a new notification gets a run for.
+/// An action a new notification gets a run for. By name, the key runs are
+/// stored under: stable across restarts and config edits (a renamed action
+/// is a new action).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionRef {
-    /// Index into the configured actions.
-    pub index: usize,
     pub name: Arc<str>,
+}
+
+/// A run created with its notification: the dispatcher's hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRun {
+    pub id: i64,
+    pub action: Arc<str>,
+}
+
+/// What a run is about. Stored as `subject_kind` plus exactly one of
+/// `notification_id` (a notification) or `subject` (JSON, any other kind);
+/// a CHECK in the schema holds them to that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunSubject {
+    Notification(i64),
+    Alert(AlertSubject),
+}
+
+/// Provisional: the shape of an alert until alerts arrive (a later issue
+/// gives them a table of their own). Stored as JSON in `action_runs.subject`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlertSubject {
+    pub id: i64,
+    pub subject: String,
+}
+
+impl RunSubject {
+    /// `subject_kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunSubject::Notification(_) => "notification",
+            RunSubject::Alert(_) => "alert",
+        }
+    }
+
+    /// The (`notification_id`, `subject`) columns.
+    fn columns(&self) -> (Option<i64>, Option<String>) {
+        match self {
+            RunSubject::Notification(id) => (Some(*id), None),
+            // Serialising two plain fields cannot fail.
+            RunSubject::Alert(a) => (None, serde_json::to_string(a).ok()),
+        }
+    }
+
+    /// Back from the columns; a combination the schema should have refused
+    /// is an error naming the column.
+    fn from_columns(
+        kind: &str,
+        notification_id: Option<i64>,
+        subject: Option<&str>,
+    ) -> Result<RunSubject, StoreError> {
+        let bad = |column, reason: &str| StoreError::BadValue {
+            column,
+            reason: reason.to_owned(),
+        };
+        match (kind, notification_id, subject) {
+            ("notification", Some(id), None) => Ok(RunSubject::Notification(id)),
+            ("alert", None, Some(json)) => serde_json::from_str(json)
+                .map(RunSubject::Alert)
+                .map_err(|e| bad("subject", &format!("not an alert: {e}"))),
+            ("notification" | "alert", _, _) => Err(bad(
+                "subject",
+                "a run needs exactly one of notification_id and subject",
+            )),
+            _ => Err(bad("subject_kind", "must be notification or alert")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,7 +110,9 @@ impl RunStatus {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
     pub id: i64,
-    pub notification_id: i64,
+    pub subject_kind: String,
+    pub notification_id: Option<i64>,
+    pub subject: Option<String>,
     pub action: String,
     pub status: String,
     pub attempts: i32,
@@ -49,19 +120,80 @@ pub struct RunRow {
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub receipt: String,
-    pub transaction_type: String,
+    /// The notification's, for a notification's run.
+    pub receipt: Option<String>,
+    pub transaction_type: Option<String>,
 }
 
-/// A run this process now holds: what executing it needs besides the notification.
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+impl RunRow {
+    /// The status, marked orphaned when the run's action is not in the
+    /// configuration (removed or renamed): the run is kept, but no
+    /// dispatcher will execute it unless the action comes back. `why` says
+    /// what became of the action.
+    pub fn status_label(&self, orphaned: Option<&str>) -> String {
+        match orphaned {
+            Some(why) if self.status != "done" => format!("{} (orphaned: {why})", self.status),
+            _ => self.status.clone(),
+        }
+    }
+
+    /// What the run is about, for a listing: the receipt, or the alert.
+    pub fn subject_label(&self) -> String {
+        match (&self.receipt, self.subject_kind.as_str()) {
+            (Some(r), _) => r.clone(),
+            (None, "alert") => {
+                let id = self
+                    .subject
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<AlertSubject>(s).ok())
+                    .map(|a| a.id.to_string())
+                    .unwrap_or_default();
+                format!("alert {id}")
+            }
+            (None, kind) => kind.to_owned(),
+        }
+    }
+}
+
+/// A run this process now holds: what executing it needs besides its subject's data.
+#[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: i64,
     /// This attempt's number, and the fence for recording its outcome.
     pub attempts: i32,
     /// `retry.max_age` counts from here.
     pub created_at: DateTime<Utc>,
-    pub notification_id: i64,
+    pub subject: RunSubject,
+}
+
+/// What the claiming statements return.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    subject_kind: String,
+    notification_id: Option<i64>,
+    subject: Option<String>,
+}
+
+const CLAIMED_COLUMNS: &str = "id, attempts, created_at, subject_kind, notification_id, subject";
+
+fn claimed(rows: Vec<ClaimedRow>) -> Result<Vec<Claimed>, StoreError> {
+    rows.into_iter()
+        .map(|r| {
+            Ok(Claimed {
+                subject: RunSubject::from_columns(
+                    &r.subject_kind,
+                    r.notification_id,
+                    r.subject.as_deref(),
+                )?,
+                id: r.id,
+                attempts: r.attempts,
+                created_at: r.created_at,
+            })
+        })
+        .collect()
 }
 
 /// The pending runs of one action, for the outbox gauges.
@@ -88,9 +220,9 @@ pub enum RunOutcome {
 }
 
 const RUN_SELECT: &str = "\
-SELECT r.id, r.notification_id, r.action, r.status, r.attempts, r.created_at, r.next_attempt_at, \
-    r.last_error, r.finished_at, n.receipt, n.transaction_type \
-FROM action_runs r JOIN notifications n ON n.id = r.notification_id";
+SELECT r.id, r.subject_kind, r.notification_id, r.subject, r.action, r.status, r.attempts, \
+    r.created_at, r.next_attempt_at, r.last_error, r.finished_at, n.receipt, n.transaction_type \
+FROM action_runs r LEFT JOIN notifications n ON n.id = r.notification_id";
 
 impl Store {
     /// Claims, in one statement, those of `ids` that are pending and due
@@ -117,8 +249,8 @@ impl Store {
             for id in ids {
                 list.push_bind(*id);
             }
-            q.push(") RETURNING id, attempts, created_at, notification_id");
-            Ok(q.build_query_as().fetch_all(&mut *tx).await?)
+            q.push(") RETURNING ").push(CLAIMED_COLUMNS);
+            claimed(q.build_query_as().fetch_all(&mut *tx).await?)
         })
     }
 
@@ -143,9 +275,9 @@ impl Store {
                  AND status IN ('pending', 'running') AND next_attempt_at <= $3 \
                  AND (status = 'pending' OR lease_until < $3) \
                  ORDER BY next_attempt_at LIMIT $2 {lock}) \
-             RETURNING id, attempts, created_at, notification_id"
+             RETURNING {CLAIMED_COLUMNS}"
         );
-        relaxed_tx!(self, tx => Ok(sqlx::query_as(&sql)
+        relaxed_tx!(self, tx => claimed(sqlx::query_as(&sql)
             .bind(action)
             .bind(limit)
             .bind(now)
@@ -303,17 +435,48 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         let mut runs = Vec::with_capacity(notification_ids.len());
         for id in notification_ids {
-            let run: i64 = on_pool!(self, pool => sqlx::query_scalar(
-                "INSERT INTO action_runs (notification_id, action, created_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $3) RETURNING id",
-            )
-            .bind(id)
-            .bind(action)
-            .bind(now)
-            .fetch_one(pool)
-            .await?);
-            runs.push(run);
+            runs.push(
+                self.enqueue_run(&RunSubject::Notification(*id), action, now)
+                    .await?,
+            );
         }
         Ok(runs)
+    }
+
+    /// A new run of `action` about `subject`, due now, committed durably
+    /// (work that would otherwise be lost). Notifications get theirs with
+    /// the notification itself (`record_batch`); this is for the others
+    /// (alerts) and for replays. The running dispatcher finds it when it
+    /// next polls.
+    pub async fn enqueue_run(
+        &self,
+        subject: &RunSubject,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        const INSERT: &str = "INSERT INTO action_runs \
+                (subject_kind, notification_id, subject, action, created_at, next_attempt_at) \
+            VALUES ($1, $2, $3, $4, $5, $5) RETURNING id";
+        let (notification_id, json) = subject.columns();
+        // One statement, written once, run on either backend's pool.
+        macro_rules! insert {
+            ($pool:expr) => {
+                sqlx::query_scalar(INSERT)
+                    .bind(subject.kind())
+                    .bind(notification_id)
+                    .bind(json.as_deref().map(text))
+                    .bind(action)
+                    .bind(now)
+                    .fetch_one($pool)
+                    .await?
+            };
+        }
+        Ok(match self {
+            Store::Postgres(s) => insert!(s.pool()),
+            Store::Sqlite(s) => {
+                let _write = s.write_lock().await;
+                insert!(s.pool())
+            }
+        })
     }
 }

@@ -9,14 +9,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use super::postgres::NOTIFICATION_COLUMNS;
 use super::tx::SqliteTx;
-use super::{text, StoreError, Unique, Upserted};
+use super::{decimal_text, text, NewRun, StoreError, Unique, Upserted};
 
 /// Counts copies of a notification stored by an earlier commit.
 const COUNT_DUPLICATES: &str = "\
@@ -37,10 +36,6 @@ pub struct SqliteStore {
     /// its busy handler waits by sleeping (1, 2, 5… up to 100 ms), which
     /// turns contention into latency spikes.
     write: Arc<tokio::sync::Mutex<()>>,
-}
-
-fn decimal_text(d: Option<Decimal>) -> Option<String> {
-    d.map(|d| d.to_string())
 }
 
 impl SqliteStore {
@@ -154,7 +149,10 @@ impl SqliteStore {
                         .bind(row.received_at)
                         .fetch_one(&mut *tx)
                         .await?;
-                        runs.push((run, a.index));
+                        runs.push(NewRun {
+                            id: run,
+                            action: a.name.clone(),
+                        });
                     }
                     Upserted::Inserted(id, runs)
                 }

@@ -281,7 +281,7 @@ async fn filters_decide_which_notifications_get_runs(backend: Backend) {
     let mut made: Vec<(String, String)> = runs(&app, None)
         .await
         .into_iter()
-        .map(|r| (r.action, r.receipt))
+        .map(|r| (r.action, r.receipt.unwrap_or_default()))
         .collect();
     made.sort();
     let want = [

@@ -123,10 +123,10 @@ async fn a_sale_emails_the_customer_once(backend: Backend) {
             r.status.as_str(),
             r.attempts,
             r.last_error.as_deref(),
-            r.receipt.as_str(),
-            r.transaction_type.as_str()
+            r.receipt.as_deref(),
+            r.transaction_type.as_deref()
         ),
-        ("done", 1, None, "MAIL0001", "SALE")
+        ("done", 1, None, Some("MAIL0001"), Some("SALE"))
     );
     assert!(r.finished_at.is_some());
     // Nothing else arrives.
@@ -165,7 +165,12 @@ async fn only_the_notifications_the_filter_names_send_mail(backend: Backend) {
     let runs = wait_for_runs(&app, "thanks", "the SALE's run to be done", all_done).await;
     let runs: Vec<(&str, &str)> = runs
         .iter()
-        .map(|r| (r.receipt.as_str(), r.transaction_type.as_str()))
+        .map(|r| {
+            (
+                r.receipt.as_deref().unwrap(),
+                r.transaction_type.as_deref().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(runs, [("FILT0003", "SALE")], "no runs for RFND and TEST");
     let all = app.store.list_runs(None, None, 100).await.unwrap();

@@ -153,7 +153,12 @@ async fn rejected_posts_are_kept_and_reprocessed_once_the_key_is_fixed(backend: 
         text(&out.stdout).trim(),
         "stored 2, already stored 0, still rejected 0"
     );
-    let mut receipts: Vec<String> = app.rows().await.into_iter().map(|r| r.receipt).collect();
+    let mut receipts: Vec<String> = app
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| r.notification.receipt.to_string())
+        .collect();
     receipts.sort();
     assert_eq!(receipts, ["REPRO001", "REPRO002"]);
     assert!(app.store.rejected_after(0, 10).await.unwrap().is_empty());

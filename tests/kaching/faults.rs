@@ -88,7 +88,7 @@ async fn check_ledger(app: &TestApp, ledger: &Mutex<Ledger>) -> (usize, usize) {
     let rows = app.rows().await;
     let stored: HashMap<String, i64> = rows
         .iter()
-        .map(|r| (r.receipt.clone(), r.duplicates))
+        .map(|r| (r.notification.receipt.to_string(), r.duplicates))
         .collect();
     let l = ledger.lock().unwrap();
     let lost: Vec<&String> = l

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use kaching::ins::{BodyForm, TransactionType};
+
 use crate::on_both_backends;
 use crate::support::{envelope, plaintext, sale, Backend, TestApp, KEY, OTHER_KEY};
 
@@ -15,25 +17,25 @@ async fn a_genuine_notification_is_stored_once_and_acknowledged(backend: Backend
 
     let rows = app.rows().await;
     assert_eq!(rows.len(), 1);
-    let r = &rows[0];
-    assert_eq!(r.account, "acme");
-    assert_eq!(r.role, "VENDOR");
-    assert_eq!(r.receipt, "ABCD1234");
-    assert_eq!(r.transaction_type, "SALE");
-    assert_eq!(r.transaction_time.to_rfc3339(), "2022-08-10T23:20:15+00:00");
+    let (r, n) = (&rows[0], &rows[0].notification);
+    assert_eq!(r.account.as_str(), "acme");
+    assert_eq!(n.role.as_str(), "VENDOR");
+    assert_eq!(n.receipt.as_str(), "ABCD1234");
+    assert_eq!(n.transaction_type, TransactionType::Sale);
+    assert_eq!(n.transaction_time.to_rfc3339(), "2022-08-10T23:20:15+00:00");
     assert_eq!(
-        r.total_account_amount.map(|a| a.to_string()).as_deref(),
+        n.total_account_amount.map(|a| a.to_string()).as_deref(),
         Some("37.00")
     );
-    assert_eq!(r.currency.as_deref(), Some("USD"));
-    assert_eq!(r.version.as_deref(), Some("6.0"));
-    assert_eq!(r.attempt_count, 1);
-    assert_eq!(r.form, "envelope");
+    assert_eq!(n.currency.as_deref(), Some("USD"));
+    assert_eq!(n.version.as_deref(), Some("6.0"));
+    assert_eq!(n.attempt_count, 1);
+    assert_eq!(r.form, BodyForm::Envelope);
     assert_eq!(
-        r.payload, pt,
+        n.payload, pt,
         "the payload is the plaintext exactly as received"
     );
-    assert_eq!(r.source_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.source_ip, Some("127.0.0.1".parse().unwrap()));
     assert_eq!(r.duplicates, 0);
     app.stop().await;
 }
@@ -59,8 +61,8 @@ async fn the_real_test_button_notification_is_accepted(backend: Backend) {
     assert_eq!(
         (
             rows[0].account.as_str(),
-            rows[0].receipt.as_str(),
-            rows[0].transaction_type.as_str()
+            rows[0].notification.receipt.as_str(),
+            rows[0].notification.transaction_type.as_str()
         ),
         ("ketoboost1", "********", "TEST")
     );
@@ -115,7 +117,10 @@ async fn a_retry_with_a_fresh_iv_and_higher_attempt_is_a_duplicate(backend: Back
     assert_eq!(app.post_ins(retry).await.0, 200);
     let rows = app.rows().await;
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].attempt_count, rows[0].duplicates), (1, 1));
+    assert_eq!(
+        (rows[0].notification.attempt_count, rows[0].duplicates),
+        (1, 1)
+    );
     app.stop().await;
 }
 
@@ -136,7 +141,7 @@ async fn a_refund_and_a_second_cancel_on_the_same_receipt_are_new_notifications(
         .rows()
         .await
         .into_iter()
-        .map(|r| r.transaction_type)
+        .map(|r| r.notification.transaction_type.to_string())
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["CANCEL-REBILL", "CANCEL-REBILL", "RFND", "SALE"]);
@@ -150,7 +155,12 @@ async fn the_same_receipt_for_two_accounts_is_two_notifications(backend: Backend
     let pt = plaintext("SHARED01", "SALE", "2026-11-20T10:00:00-08:00", 1);
     assert_eq!(app.post_ins(envelope(KEY, &pt)).await.0, 200);
     assert_eq!(app.post_ins(envelope(OTHER_KEY, &pt)).await.0, 200);
-    let mut accounts: Vec<String> = app.rows().await.into_iter().map(|r| r.account).collect();
+    let mut accounts: Vec<String> = app
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| r.account.to_string())
+        .collect();
     accounts.sort();
     assert_eq!(accounts, ["acme", "affil"]);
     app.stop().await;
@@ -296,7 +306,7 @@ async fn a_previous_key_still_authenticates_during_rotation(backend: Backend) {
     );
     let rows = app.rows().await;
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r.account == "acme"));
+    assert!(rows.iter().all(|r| r.account.as_str() == "acme"));
     app.stop().await;
 }
 
@@ -322,16 +332,16 @@ async fn a_legacy_form_post_is_accepted_only_where_enabled(backend: Backend) {
     assert_eq!(app.post("/ins/legacy", body).await.status(), 200);
     let rows = app.rows().await;
     assert_eq!(rows.len(), 1);
-    let r = &rows[0];
+    let (r, n) = (&rows[0], &rows[0].notification);
     assert_eq!(
-        (r.receipt.as_str(), r.form.as_str(), r.version.as_deref()),
-        ("7965F6NE", "legacy-form", Some("4.0"))
+        (n.receipt.as_str(), r.form, n.version.as_deref()),
+        ("7965F6NE", BodyForm::LegacyForm, Some("4.0"))
     );
     assert_eq!(
-        r.total_account_amount.map(|a| a.to_string()).as_deref(),
+        n.total_account_amount.map(|a| a.to_string()).as_deref(),
         Some("8.30")
     );
-    assert_eq!(r.transaction_time.timestamp(), 1383864458);
+    assert_eq!(n.transaction_time.timestamp(), 1383864458);
     app.stop().await;
 }
 

@@ -14,6 +14,7 @@ mod crash;
 mod faults;
 mod ingest;
 mod metrics;
+mod outbox;
 mod reload;
 mod security;
 mod store;

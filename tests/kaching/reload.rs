@@ -54,6 +54,7 @@ fn self_signed(
 #[allow(clippy::too_many_arguments)]
 fn config(
     listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
     db: &str,
     cert: &std::path::Path,
     key: &std::path::Path,
@@ -69,7 +70,7 @@ fn config(
         format!("[[accounts]]\nname = \"acme\"\nsecret_key = \"{OLD_KEY}\"\n")
     };
     format!(
-        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
          [tls]\nmode = \"files\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n\
          [database]\nurl = \"{db}\"\n{accounts}\
          [[actions]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\ntimeout_ms = 2000\n\
@@ -125,9 +126,13 @@ async fn sighup_applies_keys_accounts_actions_and_certificates_live(backend: Bac
         Target::start("127.0.0.1:0".parse().unwrap()).await,
         Target::start("127.0.0.1:0".parse().unwrap()).await,
     );
-    let listen = reserve_port();
+    let (listen, admin) = (reserve_port(), reserve_port());
     let cfg = dir.path().join("kaching.toml");
-    std::fs::write(&cfg, config(listen, &db, &cert, &key, first.addr, false)).unwrap();
+    std::fs::write(
+        &cfg,
+        config(listen, admin, &db, &cert, &key, first.addr, false),
+    )
+    .unwrap();
     let log = dir.path().join("kaching.log");
     let daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_kaching"))
@@ -182,7 +187,11 @@ async fn sighup_applies_keys_accounts_actions_and_certificates_live(backend: Bac
     // New key, new account, new action URL, new certificate: one SIGHUP.
     std::fs::copy(&cert_b, &cert).unwrap();
     std::fs::copy(&key_b, &key).unwrap();
-    std::fs::write(&cfg, config(listen, &db, &cert, &key, second.addr, true)).unwrap();
+    std::fs::write(
+        &cfg,
+        config(listen, admin, &db, &cert, &key, second.addr, true),
+    )
+    .unwrap();
     daemon.hup();
     eventually(
         Duration::from_secs(10),
@@ -218,7 +227,7 @@ async fn sighup_applies_keys_accounts_actions_and_certificates_live(backend: Bac
     // An invalid file is refused whole: the running configuration stays.
     std::fs::write(
         &cfg,
-        config(listen, &db, &cert, &key, second.addr, true).replace(NEW_KEY, "not a key!"),
+        config(listen, admin, &db, &cert, &key, second.addr, true).replace(NEW_KEY, "not a key!"),
     )
     .unwrap();
     daemon.hup();
@@ -235,6 +244,22 @@ async fn sighup_applies_keys_accounts_actions_and_certificates_live(backend: Bac
     .await;
     assert_eq!(post(&client, &ins, NEW_KEY, "AFTER002").await.0, 200);
     assert_eq!(post(&client, &beta, BETA_KEY, "BETA0002").await.0, 200);
+
+    // Both reloads are counted.
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kaching_config_reloads_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kaching_config_reload_failures_total 1\n"),
+        "{metrics}"
+    );
 
     stop.store(true, Ordering::SeqCst);
     stream.await.unwrap();

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use kaching::ins::{self, AccountKey, AccountKeys, AccountName};
-use kaching::store::{NewNotification, Recorded, Store, Writer};
+use chrono::{SubsecRound as _, Utc};
+use kaching::ins::{self, AccountKey, AccountKeys, AccountName, TransactionType};
+use kaching::store::{NewNotification, Recorded, Store, StoreError, Writer};
 
 use crate::on_both_backends;
 use crate::support::{plaintext, Backend, TestApp, KEY};
@@ -93,7 +93,7 @@ async fn a_batch_stores_each_notification_once_and_counts_copies(backend: Backen
     let dups: Vec<(String, i64)> = {
         let mut v: Vec<_> = rows
             .iter()
-            .map(|r| (r.receipt.clone(), r.duplicates))
+            .map(|r| (r.notification.receipt.to_string(), r.duplicates))
             .collect();
         v.sort();
         v
@@ -209,12 +209,101 @@ async fn a_notification_holding_nul_is_stored(backend: Backend) {
     );
     let rows = store.recent_notifications(10).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].vendor.as_deref(), Some("acme\u{FFFD}vendor"));
-    assert_eq!(rows[0].payload, pt);
+    let n = &rows[0].notification;
+    assert_eq!(n.vendor.as_deref(), Some("acme\u{FFFD}vendor"));
+    assert_eq!(n.payload, pt);
     assert_eq!(rows[0].duplicates, 1);
 }
 
+async fn a_stored_notification_reads_back_with_the_typed_fields_it_was_stored_with(
+    backend: Backend,
+) {
+    let Some((store, _dir, _pg)) = open(backend).await else {
+        return;
+    };
+    let t = "2026-11-20T10:00:00-08:00";
+    for (receipt, kind) in [("TRIP0001", "SALE"), ("TRIP0002", "CUSTOMER_CHANGE")] {
+        let mut new = row(&plaintext(receipt, kind, t, 1));
+        new.source_ip = Some("203.0.113.9".parse().unwrap());
+        // Postgres keeps microseconds.
+        new.received_at = new.received_at.trunc_subsecs(6);
+        let Recorded::New { id, .. } = store.record(new.clone()).await.unwrap() else {
+            panic!("{receipt} is new")
+        };
+        let got = store.notification(id).await.unwrap().unwrap();
+        assert_eq!(got.id, id);
+        assert_eq!(got.account, new.account);
+        assert_eq!(got.form, new.form);
+        assert_eq!(got.source_ip, new.source_ip);
+        assert_eq!(got.received_at, new.received_at);
+        assert_eq!((got.duplicates, got.last_seen_at), (0, new.received_at));
+        assert_eq!(got.notification, *new.notification, "{receipt}");
+        assert_eq!(
+            got.notification.transaction_type,
+            TransactionType::parse(kind).unwrap()
+        );
+        // Exact, scale included: 37.00, not 37.
+        let amounts = |n: &ins::Notification| {
+            [
+                n.total_account_amount,
+                n.total_order_amount,
+                n.total_tax_amount,
+                n.total_shipping_amount,
+            ]
+            .map(|a| a.map(|a| a.to_string()))
+        };
+        assert_eq!(amounts(&got.notification), amounts(&new.notification));
+        assert_eq!(
+            got.notification.total_account_amount.unwrap().to_string(),
+            "37.00"
+        );
+    }
+}
+
+async fn a_stored_value_that_no_longer_parses_is_an_error_naming_its_column(backend: Backend) {
+    let Some((store, _dir, _pg)) = open(backend).await else {
+        return;
+    };
+    let new = row(&plaintext(
+        "BADV0001",
+        "SALE",
+        "2026-11-20T10:00:00-08:00",
+        1,
+    ));
+    let Recorded::New { id, .. } = store.record(new).await.unwrap() else {
+        panic!("new")
+    };
+    let cases = [
+        ("receipt", "'NOT A RECEIPT'", "'BADV0001'"),
+        ("role", "'vendor'", "'VENDOR'"),
+        ("transaction_type", "''", "'SALE'"),
+        ("account", "'a/b'", "'acme'"),
+        ("form", "'carrier-pigeon'", "'envelope'"),
+        ("source_ip", "'somewhere'", "NULL"),
+    ];
+    for (column, bad, good) in cases {
+        let set = |v: &str| format!("UPDATE notifications SET {column} = {v} WHERE id = {id}");
+        exec(&store, &set(bad)).await;
+        match store.notification(id).await {
+            Err(StoreError::BadValue { column: c, .. }) => assert_eq!(c, column),
+            other => panic!("{column}: {other:?}"),
+        }
+        assert!(store.recent_notifications(10).await.is_err(), "{column}");
+        exec(&store, &set(good)).await;
+        assert!(store.notification(id).await.unwrap().is_some(), "{column}");
+    }
+}
+
+async fn exec(store: &Store, sql: &str) {
+    match store {
+        Store::Postgres(s) => drop(sqlx::query(sql).execute(s.pool()).await.unwrap()),
+        Store::Sqlite(s) => drop(sqlx::query(sql).execute(s.pool()).await.unwrap()),
+    }
+}
+
 on_both_backends!(
+    a_stored_notification_reads_back_with_the_typed_fields_it_was_stored_with,
+    a_stored_value_that_no_longer_parses_is_an_error_naming_its_column,
     a_batch_stores_each_notification_once_and_counts_copies,
     group_commit_under_concurrency_stores_everything_exactly_once,
     a_row_the_database_refuses_fails_alone_not_its_batch,

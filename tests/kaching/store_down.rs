@@ -81,7 +81,12 @@ async fn a_store_that_cannot_commit_gets_503_then_recovers(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(status, 200);
-    let mut receipts: Vec<String> = app.rows().await.into_iter().map(|r| r.receipt).collect();
+    let mut receipts: Vec<String> = app
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| r.notification.receipt.to_string())
+        .collect();
     receipts.sort();
     assert_eq!(receipts, ["DOWN0001", "DOWN0002"]);
     app.stop().await;
