@@ -232,46 +232,14 @@ async fn sqlite_on_a_full_disk_acknowledges_only_stored_rows_and_recovers_by_its
     let (mut settings, _) = TestApp::settings(Backend::Sqlite, &dir).await.unwrap();
     settings.database.url = SecretUrl(format!("sqlite://{}", mnt.join("kaching.db").display()));
     settings.database.commit_timeout_ms = 1_000;
-    let app = Arc::new(TestApp::start(settings, dir, None).await);
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-
-    // Fill the disk: post until 50 posts have been refused.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    join(posters(
-        &app,
-        &ledger,
-        "FULL",
-        16,
-        |l| l.refused >= 50,
-        deadline,
-    ))
+    let app = TestApp::start(settings, dir, None).await;
+    let app = fill_then_recover(app, "full disk", || async {
+        // Space returns (the filler goes and the filesystem grows, as when
+        // an operator extends a disk).
+        std::fs::remove_file(&filler).unwrap();
+        assert!(fs.grow("64m"), "remount the tmpfs larger");
+    })
     .await;
-    assert!(
-        ledger.lock().unwrap().refused >= 50,
-        "the disk never filled"
-    );
-    assert_eq!(ready(&app).await, 503, "/readyz while commits fail");
-    let (acked, stored) = check_ledger(&app, &ledger).await;
-    eprintln!("full disk: {acked} acknowledged, {stored} stored");
-
-    // Space returns (the filler goes and the filesystem grows, as when an
-    // operator extends a disk): kaching recovers without a restart.
-    std::fs::remove_file(&filler).unwrap();
-    assert!(fs.grow("64m"), "remount the tmpfs larger");
-    let took = recovers_by_itself(&app, &ledger).await;
-    eprintln!("full disk: ready and storing again {took:?} after space returned");
-    retry_the_refused(&app, &ledger, Duration::from_secs(30)).await;
-    let (acked, stored) = check_ledger(&app, &ledger).await;
-    assert_eq!(acked, stored, "after recovery every notification is stored");
-
-    let app = Arc::try_unwrap(app).ok().expect("posters are done");
-    let stopping = Instant::now();
-    let app = app.stop().await;
-    assert!(
-        stopping.elapsed() < Duration::from_secs(5),
-        "stopping took {:?}",
-        stopping.elapsed()
-    );
     drop(fs);
     drop(app);
 }
@@ -303,40 +271,61 @@ async fn sqlite_at_its_size_cap_acknowledges_only_stored_rows_and_recovers_by_it
             .await
             .unwrap();
     }
+    fill_then_recover(app, "size cap", || async move {
+        sqlx::query("DELETE FROM filler")
+            .execute(&mut outside)
+            .await
+            .unwrap();
+        outside.close().await.unwrap();
+    })
+    .await;
+}
+
+/// 16 posters until 50 posts are refused (the store is full): `/readyz`
+/// says so and every 200 is a stored row. Then `make_room`: kaching stores
+/// again by itself, ClickBank's retries of the refused ones all land, and
+/// it still stops promptly. Returns the stopped app.
+async fn fill_then_recover<F: std::future::Future<Output = ()>>(
+    app: TestApp,
+    what: &str,
+    make_room: impl FnOnce() -> F,
+) -> TestApp {
     let app = Arc::new(app);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let deadline = Instant::now() + Duration::from_secs(120);
     join(posters(
         &app,
         &ledger,
-        "CAP",
+        "FULL",
         16,
         |l| l.refused >= 50,
         deadline,
     ))
     .await;
-    assert!(
-        ledger.lock().unwrap().refused >= 50,
-        "the cap was never reached"
-    );
-    assert_eq!(ready(&app).await, 503, "/readyz while commits fail");
+    assert!(ledger.lock().unwrap().refused >= 50, "{what}: never full");
+    assert_eq!(ready(&app).await, 503, "{what}: /readyz while commits fail");
     let (acked, stored) = check_ledger(&app, &ledger).await;
-    eprintln!("size cap: {acked} acknowledged, {stored} stored");
+    eprintln!("{what}: {acked} acknowledged, {stored} stored");
 
-    sqlx::query("DELETE FROM filler")
-        .execute(&mut outside)
-        .await
-        .unwrap();
-    outside.close().await.unwrap();
+    make_room().await;
     let took = recovers_by_itself(&app, &ledger).await;
-    eprintln!("size cap: storing again {took:?} after room returned");
+    eprintln!("{what}: ready and storing again {took:?} after room returned");
     retry_the_refused(&app, &ledger, Duration::from_secs(30)).await;
     let (acked, stored) = check_ledger(&app, &ledger).await;
-    assert_eq!(acked, stored);
+    assert_eq!(
+        acked, stored,
+        "{what}: after recovery every notification is stored"
+    );
+
     let app = Arc::try_unwrap(app).ok().expect("posters are done");
     let stopping = Instant::now();
-    app.stop().await;
-    assert!(stopping.elapsed() < Duration::from_secs(5));
+    let app = app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{what}: stopping took {:?}",
+        stopping.elapsed()
+    );
+    app
 }
 
 /// A Postgres server of the test's own (initdb in a temp dir), so that it
