@@ -1,7 +1,10 @@
-//! kaching: a ClickBank Instant Notification receiver. It authenticates each
-//! notification ([`ins`]), stores it exactly once ([`store`]) before answering
-//! 200 ([`http`]), then drives follow-up [`actions`]. `main.rs` only calls
-//! [`cli::run`]. [`metrics`] are served by the separate [`admin`] listener.
+//! kaching: a ClickBank Instant Notification receiver. A post goes through
+//! one pipeline ([`ingest`]): authenticated by the pure [`ins`] module,
+//! stored exactly once ([`store`]), then published after its commit to the
+//! dispatcher of follow-up [`actions`]. [`http`] only receives and answers.
+//! Settings ([`config`]) are built once into a [`runtime`], swapped whole by
+//! a live [`reload`]. [`metrics`] are served by the separate [`admin`]
+//! listener. `main.rs` only calls [`cli::run`]; [`app`] is the wiring.
 
 pub mod actions;
 pub mod admin;
