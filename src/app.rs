@@ -12,13 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwap;
-use tokio::sync::broadcast;
 
 use crate::actions::Dispatcher;
 use crate::admin::{self, AdminState};
 use crate::config::{Settings, TlsMode};
 use crate::http::{self, AppState};
-use crate::ingest::{Committed, Ingest, RejectedKeeper};
+use crate::ingest::{Ingest, RejectedKeeper};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtime::{Live, Runtime};
@@ -142,8 +141,7 @@ impl App {
                 })
             }
         };
-        let ingest = Ingest::new(live.clone(), writer, Some(rejected));
-        tokio::spawn(hint_new_runs(ingest.subscribe(), dispatch));
+        let ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch));
         let state = Arc::new(AppState {
             store,
             ingest,
@@ -264,22 +262,5 @@ impl App {
         store.close().await;
         tracing::info!("kaching: stopped");
         Ok(())
-    }
-}
-
-/// The dispatcher's fast path: the runs of every commit, as they happen. A
-/// lagging receiver skips hints, which the dispatcher's poller makes up for.
-async fn hint_new_runs(mut events: broadcast::Receiver<Arc<Committed>>, dispatcher: Dispatcher) {
-    loop {
-        match events.recv().await {
-            Ok(committed) => dispatcher.notify(&committed.runs),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::debug!(
-                    missed,
-                    "dispatcher: hints lagged; the poller finds those runs"
-                );
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
     }
 }
