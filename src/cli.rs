@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `check-config`, `encrypt`,
-//! `decrypt`, `notifications`, `rejected list|reprocess`.
+//! `decrypt`, `notifications`, `rejected list|reprocess`, `demo`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::ins::TransactionType;
 use crate::runtime::Runtime;
 use crate::store::RunStatus;
-use crate::{ins, rejected, shutdown, telemetry};
+use crate::{demo, ins, rejected, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +86,30 @@ pub enum Command {
         #[arg(long = "type", value_parser = TransactionType::parse)]
         kind: Option<TransactionType>,
     },
+    /// Write a realistic, seeded history of demo notifications (sales,
+    /// rebills, refunds, chargebacks, cancellations, ClickBank retries) into
+    /// the configured database, through the same pipeline as a real post.
+    /// Configured actions do not run for them. The same seed and end store
+    /// the same history: a second run stores nothing new.
+    Demo {
+        /// The account they are encrypted for (default: the first configured).
+        #[arg(long)]
+        account: Option<String>,
+        /// Days of history.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// The random seed: the same seed gives the same history.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The last day (UTC), included (default: today, up to now).
+        #[arg(long, value_parser = parse_date)]
+        end: Option<chrono::NaiveDate>,
+    },
+}
+
+fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("`{s}` is not a date (2026-11-30)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +347,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 runs.len()
             );
             store.close().await;
+            Ok(())
+        }
+        Command::Demo {
+            account,
+            days,
+            seed,
+            end,
+        } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings, true).await?;
+            // The end of the last day, but nothing later than now.
+            let end = end
+                .and_then(|d| d.succ_opt())
+                .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+                .map_or_else(Utc::now, |t| t.min(Utc::now()));
+            let summary = demo::run(settings, &store, account.as_deref(), *seed, *days, end).await;
+            store.close().await;
+            println!("{}", summary?);
             Ok(())
         }
         Command::Rejected { command } => {

@@ -4,13 +4,15 @@
 //! dispatcher of follow-up [`actions`]. [`http`] only receives and answers.
 //! Settings ([`config`]) are built once into a [`runtime`], swapped whole by
 //! a live [`reload`]. [`metrics`] are served by the separate [`admin`]
-//! listener. `main.rs` only calls [`cli::run`]; [`app`] is the wiring.
+//! listener. [`demo`] writes a seeded history through the same pipeline.
+//! `main.rs` only calls [`cli::run`]; [`app`] is the wiring.
 
 pub mod actions;
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod ins;
