@@ -20,6 +20,7 @@ use crate::http::{self, AppState};
 use crate::ingest::{Ingest, RejectedKeeper};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::report::Reports;
 use crate::runtime::{Live, Runtime};
 use crate::store::{Store, Writer};
 
@@ -32,6 +33,7 @@ pub struct App {
     writers: tokio::task::JoinSet<()>,
     dispatcher: tokio::task::JoinHandle<()>,
     keeper: tokio::task::JoinHandle<()>,
+    projector: tokio::task::JoinHandle<()>,
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -119,15 +121,32 @@ impl App {
             settings.security.rejected_max_rows,
             metrics.clone(),
         );
+        let ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
+        let reports = Reports::new(store.clone());
+        let projector = reports
+            .clone()
+            .spawn(ingest.subscribe(), token.clone());
         let admin = match settings.admin.resolve(settings.tls.mode)? {
             None => None,
             Some(a) => {
-                let state = AdminState::new(
-                    metrics.clone(),
-                    store.clone(),
-                    actions.iter().map(|a| a.name.to_string()).collect(),
-                    a.token.as_ref(),
-                );
+                if a.open() {
+                    tracing::warn!(
+                        listen = %a.listen,
+                        "admin: no credential configured: the dashboard and API are open to anyone on this machine (loopback only)"
+                    );
+                }
+                let state = AdminState {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    actions: actions.iter().map(|a| a.name.to_string()).collect(),
+                    reports: reports.clone(),
+                    auth: admin::Auth::new(&a),
+                    live: live.clone(),
+                    commits: ingest.commits(),
+                    dispatcher: Some(dispatch),
+                    templates: admin::pages::Templates::new()
+                        .context("the dashboard's templates do not parse")?,
+                };
                 let caps = http::connections::Caps {
                     total: ADMIN_MAX_CONNECTIONS,
                     per_ip: ADMIN_MAX_CONNECTIONS,
@@ -141,7 +160,6 @@ impl App {
                 })
             }
         };
-        let ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch));
         let state = Arc::new(AppState {
             store,
             ingest,
@@ -156,6 +174,7 @@ impl App {
             writers,
             dispatcher,
             keeper,
+            projector,
             token,
             router,
             tls,
@@ -210,7 +229,7 @@ impl App {
                 let addr = listener
                     .local_addr()
                     .context("cannot read the admin listening address")?;
-                tracing::info!(%addr, tls = server.tls.is_some(), "admin: listening (GET /metrics)");
+                tracing::info!(%addr, tls = server.tls.is_some(), "admin: listening (dashboard, /api/v1, /metrics)");
                 Some(http::server::serve(
                     listener,
                     server.tls,
@@ -255,6 +274,8 @@ impl App {
         if tokio::time::timeout(self.grace, self.keeper).await.is_err() {
             tracing::warn!("ins: rejected posts still queued at shutdown were not kept");
         }
+        // The projector saw the token too; what it did not project, the next start will.
+        let _ = tokio::time::timeout(self.grace, self.projector).await;
         // The dispatcher saw the same token: it stopped claiming and drains itself.
         if let Err(e) = self.dispatcher.await {
             tracing::error!(error = %e, "dispatcher: ended abnormally");

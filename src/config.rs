@@ -229,19 +229,31 @@ impl Default for SecuritySettings {
     }
 }
 
-/// The admin listener: `/metrics` (and later the dashboard), apart from the
-/// public INS listener so that nothing operational faces ClickBank.
+/// The admin listener: `/metrics`, the dashboard and its JSON API, apart
+/// from the public INS listener so that nothing operational faces ClickBank.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// `host:port`; empty turns the admin listener off. On a loopback
     /// address it serves plain HTTP; on any other it serves TLS (the
-    /// `[tls]` certificate) and requires the bearer token.
+    /// `[tls]` certificate) and requires a credential.
     pub listen: String,
-    /// The name of an environment variable holding the bearer token.
+    /// The name of an environment variable holding the bearer token (for
+    /// scripts: `/metrics` and `/api/v1`). Also spelled `api_token_env`.
+    #[serde(alias = "api_token_env")]
     pub token_env: Option<String>,
     /// ... or a file holding it (surrounding whitespace is ignored).
+    #[serde(alias = "api_token_file")]
     pub token_file: Option<PathBuf>,
+    /// The dashboard's login password as an argon2id PHC string, from
+    /// `kaching admin hash-password`.
+    pub password_hash: Option<String>,
+    /// ... or the password itself in an environment variable ...
+    pub password_env: Option<String>,
+    /// ... or in a file.
+    pub password_file: Option<PathBuf>,
+    /// How long a dashboard login lasts.
+    pub session_hours: u32,
 }
 
 impl Default for AdminSettings {
@@ -250,15 +262,29 @@ impl Default for AdminSettings {
             listen: "127.0.0.1:9090".into(),
             token_env: None,
             token_file: None,
+            password_hash: None,
+            password_env: None,
+            password_file: None,
+            session_hours: 12,
         }
     }
 }
 
-/// The admin listener as validated: where, and the token it requires.
+/// The dashboard's password, as configured.
+#[derive(Debug, Clone)]
+pub enum Password {
+    /// An argon2 PHC string (checked to parse).
+    Hash(String),
+    Plain(SecretString),
+}
+
+/// The admin listener as validated: where, and the credentials it takes.
 #[derive(Debug)]
 pub struct Admin {
     pub listen: SocketAddr,
     pub token: Option<SecretString>,
+    pub password: Option<Password>,
+    pub session: std::time::Duration,
 }
 
 impl Admin {
@@ -266,14 +292,41 @@ impl Admin {
     pub fn tls(&self) -> bool {
         !self.listen.ip().is_loopback()
     }
+
+    /// No credential at all: only allowed on loopback, where the dashboard is open.
+    pub fn open(&self) -> bool {
+        self.token.is_none() && self.password.is_none()
+    }
 }
 
 /// A bearer token this short is guessable over the network.
 const MIN_ADMIN_TOKEN: usize = 16;
 
+/// A secret from the environment variable `env` or the file `file` (at
+/// most one of them; `keys` names them in errors).
+fn secret_from(
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    keys: (&'static str, &'static str),
+) -> Result<Option<String>, ConfigError> {
+    match (env, file) {
+        (None, None) => Ok(None),
+        (Some(var), None) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| invalid(keys.0, format!("environment variable `{var}` is not set"))),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|e| invalid(keys.1, format!("cannot read `{}`: {e}", path.display()))),
+        (Some(_), Some(_)) => Err(invalid(
+            keys.0,
+            format!("set at most one of {} and {}", keys.0, keys.1),
+        )),
+    }
+}
+
 impl AdminSettings {
     /// Resolves `[admin]`: `None` when it is off. The one place that reads
-    /// the token, for both `validate` and startup.
+    /// the token and the password, for both `validate` and startup.
     pub fn resolve(&self, tls: TlsMode) -> Result<Option<Admin>, ConfigError> {
         let listen = self.listen.trim();
         if listen.is_empty() {
@@ -285,31 +338,11 @@ impl AdminSettings {
                 format!("`{listen}` is not an address and port, e.g. 127.0.0.1:9090"),
             )
         })?;
-        let token = match (&self.token_env, &self.token_file) {
-            (None, None) => None,
-            (Some(var), None) => Some(std::env::var(var).map_err(|_| {
-                invalid(
-                    "admin.token_env",
-                    format!("environment variable `{var}` is not set"),
-                )
-            })?),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map(|s| s.trim().to_owned())
-                    .map_err(|e| {
-                        invalid(
-                            "admin.token_file",
-                            format!("cannot read `{}`: {e}", path.display()),
-                        )
-                    })?,
-            ),
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "admin.token_env",
-                    "set at most one of admin.token_env and admin.token_file",
-                ))
-            }
-        };
+        let token = secret_from(
+            &self.token_env,
+            &self.token_file,
+            ("admin.token_env", "admin.token_file"),
+        )?;
         if let Some(t) = &token {
             let key = if self.token_env.is_some() {
                 "admin.token_env"
@@ -325,17 +358,50 @@ impl AdminSettings {
                 ));
             }
         }
+        let plain = secret_from(
+            &self.password_env,
+            &self.password_file,
+            ("admin.password_env", "admin.password_file"),
+        )?;
+        let password = match (&self.password_hash, plain) {
+            (None, None) => None,
+            (Some(hash), None) => {
+                argon2::PasswordHash::new(hash.trim()).map_err(|e| {
+                    invalid(
+                        "admin.password_hash",
+                        format!("not a PHC string ({e}); make one with `kaching admin hash-password`"),
+                    )
+                })?;
+                Some(Password::Hash(hash.trim().to_owned()))
+            }
+            (None, Some(p)) if p.is_empty() => {
+                return Err(invalid("admin.password_env", "the password is empty"))
+            }
+            (None, Some(p)) => Some(Password::Plain(SecretString::from(p))),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "admin.password_hash",
+                    "set one of admin.password_hash, admin.password_env and admin.password_file",
+                ))
+            }
+        };
+        if self.session_hours == 0 {
+            return Err(invalid("admin.session_hours", "must be at least 1"));
+        }
         let admin = Admin {
             listen,
             token: token.map(SecretString::from),
+            password,
+            session: std::time::Duration::from_secs(u64::from(self.session_hours) * 3600),
         };
         if admin.tls() {
-            if admin.token.is_none() {
+            if admin.open() {
                 return Err(invalid(
                     "admin.token_env",
                     format!(
-                        "admin.listen {listen} is not a loopback address: set admin.token_env or admin.token_file \
-                         (a bearer token), or listen on 127.0.0.1"
+                        "admin.listen {listen} is not a loopback address: set a credential (admin.password_hash \
+                         from `kaching admin hash-password`, admin.password_env or _file for the dashboard; \
+                         admin.token_env or admin.token_file for scripts), or listen on 127.0.0.1"
                     ),
                 ));
             }

@@ -19,6 +19,7 @@ pub mod ins;
 pub mod metrics;
 pub mod rejected;
 pub mod reload;
+pub mod report;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;

@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use crate::config::Settings;
 use crate::ingest::{Ingest, IngestError, Post};
-use crate::runtime::Runtime;
+use crate::runtime::{Live, Runtime};
 use crate::store::{Recorded, Store, Writer};
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -32,6 +32,11 @@ const BATCH: i64 = 500;
 /// against its address's failure limit.
 pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Reprocessed> {
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(settings)?));
+    reprocess_with(runtime, store).await
+}
+
+/// [`reprocess`] with the runtime in force (the dashboard's button).
+pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Reprocessed> {
     // A command, not a server: its metrics are never scraped.
     let (writer, _writers) = Writer::spawn(store.clone(), Default::default());
     let ingest = Ingest::for_reprocessing(runtime, writer);

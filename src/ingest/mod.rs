@@ -123,6 +123,11 @@ impl Ingest {
         }
     }
 
+    /// The channel of commits, for subscribers made later (each live-feed viewer).
+    pub fn commits(&self) -> broadcast::Sender<Arc<Committed>> {
+        self.events.clone()
+    }
+
     /// Every commit from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.events.subscribe()

@@ -115,6 +115,13 @@ fn amount(raw: Option<&RawValue>, name: &'static str) -> Result<Option<Decimal>,
     parsed.map(Some).ok_or(Reject::BadField(name))
 }
 
+/// A money amount anywhere in a plaintext (a line item's `accountAmount`):
+/// a JSON number or a string holding one, exactly; `None` when it is
+/// neither. For readers past the boundary, which skip what they cannot read.
+pub fn money(raw: &RawValue) -> Option<Decimal> {
+    amount(Some(raw), "amount").ok().flatten()
+}
+
 /// The text of a JSON number (already validated by serde_json), exactly.
 fn parse_json_number(text: &str) -> Option<Decimal> {
     if text.contains(['e', 'E']) {

@@ -11,6 +11,7 @@
 //! insert is written per backend.
 
 mod postgres;
+mod report;
 mod runs;
 mod sqlite;
 mod tx;
@@ -33,6 +34,10 @@ pub use self::postgres::PgStore;
 pub use self::runs::{
     ActionRef, AlertSubject, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus,
     RunSubject,
+};
+pub use self::report::{
+    CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
+    SaleFacts, SubscriptionChange, SumQuery, SumRow,
 };
 pub use self::sqlite::SqliteStore;
 pub use self::writer::Writer;

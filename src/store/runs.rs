@@ -107,7 +107,7 @@ impl RunStatus {
 }
 
 /// A run as `kaching actions list` shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RunRow {
     pub id: i64,
     pub subject_kind: String,
@@ -387,6 +387,27 @@ impl Store {
             .bind(limit)
             .fetch_all(pool)
             .await?))
+    }
+
+    /// One run.
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>, StoreError> {
+        let sql = format!("{RUN_SELECT} WHERE r.id = $1");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// The runs of one notification, oldest first.
+    pub async fn runs_of_notification(&self, id: i64) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!("{RUN_SELECT} WHERE r.notification_id = $1 ORDER BY r.id");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(id).fetch_all(pool).await?))
+    }
+
+    /// Runs per (action, status), for the Actions page.
+    pub async fn run_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT action, status, CAST(COUNT(*) AS BIGINT) FROM action_runs GROUP BY action, status ORDER BY action, status",
+        )
+        .fetch_all(pool)
+        .await?))
     }
 
     /// Makes failed (or any finished or pending) runs due now again, with a

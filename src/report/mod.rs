@@ -1,0 +1,117 @@
+//! Reports: what the stored notifications say about the business. [`facts`]
+//! reads a notification's meaning (pure), [`project`] keeps the report
+//! tables up to date from the store, [`query`] turns them into the figures
+//! the dashboard and its API show (money exact per currency, refund rates
+//! with their intervals), [`stats`] holds the intervals and tests.
+//!
+//! [`Reports`] is the handle: a background task projects after commits, and
+//! every read first projects what is still pending (up to a budget), so a
+//! figure includes the notifications committed before the request.
+
+pub mod facts;
+pub mod project;
+pub mod query;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::Committed;
+use crate::store::{Store, StoreError};
+
+pub use project::Pass;
+
+/// Notifications a read projects before it answers; beyond that (a large
+/// backfill) it answers with what is projected and says how far behind.
+const READ_BUDGET: usize = 5_000;
+/// Notifications the background task projects per pass before yielding.
+const TASK_BUDGET: usize = 20_000;
+/// After a commit, wait this long for more before projecting: one pass
+/// per burst, not one per notification.
+const COALESCE: Duration = Duration::from_millis(200);
+/// A pass even without commits (notifications written by another process).
+const TICK: Duration = Duration::from_secs(5);
+
+/// The projector and the store it reads.
+#[derive(Debug)]
+pub struct Reports {
+    store: Store,
+    cursor: Mutex<project::Cursor>,
+}
+
+impl Reports {
+    pub fn new(store: Store) -> Arc<Reports> {
+        Arc::new(Reports {
+            store,
+            cursor: Mutex::new(project::Cursor::default()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Projects what is pending, up to a budget; the figures read next
+    /// include every notification committed before this call unless the
+    /// returned pass is not caught up.
+    pub async fn catch_up(&self) -> Result<Pass, StoreError> {
+        let mut cursor = self.cursor.lock().await;
+        project::pass(&self.store, &mut cursor, READ_BUDGET).await
+    }
+
+    /// How many stored notifications the reports have not counted yet
+    /// (an upper bound: ids are not dense).
+    pub async fn behind(&self) -> Result<i64, StoreError> {
+        let (watermark, max) = self.store.report_position().await?;
+        Ok((max - watermark).max(0))
+    }
+
+    /// Projects in the background: soon after commits, and every few
+    /// seconds, until `token` is cancelled.
+    pub fn spawn(
+        self: Arc<Self>,
+        mut commits: broadcast::Receiver<Arc<Committed>>,
+        token: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut backlog = true;
+            loop {
+                if !backlog {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        r = commits.recv() => match r {
+                            // No sender left (shutting down): the tick alone.
+                            Err(broadcast::error::RecvError::Closed) => tokio::time::sleep(TICK).await,
+                            _ => tokio::time::sleep(COALESCE).await,
+                        },
+                        _ = tokio::time::sleep(TICK) => {}
+                    }
+                }
+                // Whatever queued meanwhile is in this pass.
+                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = commits.try_recv() {}
+                let pass = {
+                    let mut cursor = self.cursor.lock().await;
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        p = project::pass(&self.store, &mut cursor, TASK_BUDGET) => p,
+                    }
+                };
+                match pass {
+                    Ok(p) => {
+                        backlog = !p.caught_up;
+                        if p.projected > 0 {
+                            tracing::debug!(projected = p.projected, caught_up = p.caught_up, "report: projected");
+                        }
+                    }
+                    Err(e) => {
+                        backlog = false;
+                        tracing::warn!(error = %e, "report: cannot project; trying again shortly");
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,213 @@
+//! The projector: reads committed notifications the reports have not seen
+//! and writes what they mean (facts, daily sums, subscriptions) in one
+//! transaction per batch. The database is the truth here too: a pass finds
+//! its work with a query, so a notification stored while kaching was down,
+//! by `kaching demo` or by another process is projected like a live one;
+//! the post-commit channel only wakes the projector sooner.
+//!
+//! Ids are not committed in order on Postgres (several writers), so "every
+//! id up to N is projected" is only claimed for an N that was the highest
+//! id when a pass caught up at least [`GRACE`] ago: any transaction still
+//! open then has ended since. Above that watermark, a pass looks for ids
+//! with no facts row, a short index range.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::report::facts::{Dim, Facts, Kind};
+use crate::store::{
+    Counters, DailyKey, FactRow, Projection, SaleFacts, Store, StoreError, StoredNotification,
+    SubscriptionChange,
+};
+
+/// Notifications per transaction.
+pub const BATCH: i64 = 1000;
+
+/// How long a notification's transaction may stay open after its id is
+/// taken (the commit timeout, with a wide margin).
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// What the projector remembers between passes.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    /// The highest id when a pass last caught up, and when that was.
+    candidate: Option<(Instant, i64)>,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub projected: usize,
+    /// Nothing committed is left unprojected (as of the pass's start).
+    pub caught_up: bool,
+}
+
+/// Projects up to `budget` notifications; stops early when caught up.
+pub async fn pass(store: &Store, cursor: &mut Cursor, budget: usize) -> Result<Pass, StoreError> {
+    let (watermark, max_id) = store.report_position().await?;
+    let mut after = watermark;
+    let mut projected = 0;
+    let caught_up = loop {
+        let rows = store.unprojected(after, BATCH).await?;
+        let full = rows.len() as i64 == BATCH;
+        if let Some(last) = rows.last() {
+            after = last.id;
+            let projection = project(store, &rows).await?;
+            store.apply_projection(&projection).await?;
+            projected += rows.len();
+        }
+        if !full {
+            break true;
+        }
+        if projected >= budget {
+            break false;
+        }
+    };
+    if caught_up {
+        let advance = match cursor.candidate {
+            Some((at, id)) if at.elapsed() >= GRACE && id > watermark => Some(id),
+            _ => None,
+        };
+        if advance.is_some() || cursor.candidate.is_none_or(|(at, _)| at.elapsed() >= GRACE) {
+            cursor.candidate = Some((Instant::now(), max_id));
+        }
+        if let Some(id) = advance {
+            store
+                .apply_projection(&Projection {
+                    watermark: Some(id),
+                    ..Projection::default()
+                })
+                .await?;
+        }
+    }
+    Ok(Pass {
+        projected,
+        caught_up,
+    })
+}
+
+/// What `rows` (in id order) add to the reports. Reads the sales that
+/// reversals in `rows` refer to, when they are not in `rows`.
+async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projection, StoreError> {
+    let mut daily: HashMap<DailyKey, (Counters, String)> = HashMap::new();
+    let mut sales: HashMap<(String, String), SaleFacts> = HashMap::new();
+    let mut out = Projection::default();
+    for row in rows {
+        let account = row.account.as_str().to_owned();
+        let receipt = row.notification.receipt.as_str().to_owned();
+        let f = Facts::of(&row.notification);
+        let day = f.day.to_string();
+        let dims = f.dims();
+        let dims_json = serde_json::to_string(&dims).unwrap_or_else(|_| "[]".into());
+        let mut add = |dims: &[Dim], day: &str, currency: &str, counters: &dyn Fn(i64) -> Counters| {
+            for d in dims {
+                let key = DailyKey {
+                    dim: d.dim.clone(),
+                    day: day.to_owned(),
+                    account: account.clone(),
+                    currency: currency.to_owned(),
+                    value: d.value.clone(),
+                };
+                let entry = daily.entry(key).or_default();
+                entry.0.add(&counters(d.micros));
+                entry.1.clone_from(&d.label);
+            }
+        };
+        let kind = f.kind;
+        let own = |micros: i64| match kind {
+            Kind::Sale => Counters { sales: 1, gross_micros: micros, ..Counters::default() },
+            Kind::Rebill => Counters { rebills: 1, gross_micros: micros, ..Counters::default() },
+            Kind::Refund => Counters { refunds: 1, refund_micros: micros.abs(), ..Counters::default() },
+            Kind::Chargeback => Counters {
+                chargebacks: 1,
+                chargeback_micros: micros.abs(),
+                ..Counters::default()
+            },
+            Kind::Cancel => Counters { cancels: 1, ..Counters::default() },
+            Kind::Uncancel => Counters { uncancels: 1, ..Counters::default() },
+            Kind::Test | Kind::Other => Counters::default(),
+        };
+        if !matches!(kind, Kind::Test | Kind::Other) {
+            add(&dims, &day, &f.currency, &own);
+        }
+        if kind.is_order() {
+            sales.insert(
+                (account.clone(), receipt.clone()),
+                SaleFacts { day: day.clone(), currency: f.currency.clone(), dims: dims_json.clone() },
+            );
+        }
+        if kind.is_reversal() {
+            let sale = match sales.get(&(account.clone(), receipt.clone())) {
+                Some(s) => Some(s.clone()),
+                None => store.sale_facts(&account, &receipt).await?,
+            };
+            if let Some(sale) = sale {
+                let sale_dims: Vec<Dim> = serde_json::from_str(&sale.dims).unwrap_or_default();
+                let cohort = |_| match kind {
+                    Kind::Refund => Counters { cohort_refunds: 1, ..Counters::default() },
+                    _ => Counters { cohort_chargebacks: 1, ..Counters::default() },
+                };
+                add(&sale_dims, &sale.day, &sale.currency, &cohort);
+            }
+        }
+        let change = match kind {
+            Kind::Sale => f.recurring().map(|line| SubscriptionChange::Start {
+                account: account.clone(),
+                receipt: receipt.clone(),
+                item_no: line.item_no.clone(),
+                title: line.title.clone(),
+                currency: f.currency.clone(),
+                day: day.clone(),
+            }),
+            Kind::Rebill => Some(SubscriptionChange::Rebill {
+                account: account.clone(),
+                receipt: f.sale_receipt.clone(),
+                day: day.clone(),
+            }),
+            Kind::Cancel => Some(SubscriptionChange::Cancel {
+                account: account.clone(),
+                receipt: f.sale_receipt.clone(),
+                day: day.clone(),
+            }),
+            Kind::Uncancel => Some(SubscriptionChange::Uncancel {
+                account: account.clone(),
+                receipt: f.sale_receipt.clone(),
+            }),
+            // A refund of the sale itself ends the subscription; one of a
+            // single rebill does not.
+            Kind::Refund | Kind::Chargeback if f.sale_receipt == receipt => {
+                Some(SubscriptionChange::Refund {
+                    account: account.clone(),
+                    receipt: receipt.clone(),
+                    day: day.clone(),
+                })
+            }
+            _ => None,
+        };
+        out.subscriptions.extend(change);
+        let tracking: serde_json::Map<String, serde_json::Value> = f
+            .tracking
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        out.facts.push(FactRow {
+            notification_id: row.id,
+            account,
+            receipt,
+            day,
+            kind: kind.as_str(),
+            currency: f.currency,
+            micros: f.micros,
+            sale_receipt: f.sale_receipt,
+            payment_method: f.payment_method,
+            country: f.country,
+            dims: dims_json,
+            tracking: serde_json::Value::Object(tracking).to_string(),
+        });
+    }
+    let mut daily: Vec<_> = daily.into_iter().map(|(k, (c, l))| (k, c, l)).collect();
+    // One order for every writer of these rows, so two passes cannot deadlock.
+    daily.sort_by(|a, b| a.0.cmp(&b.0));
+    out.daily = daily;
+    Ok(out)
+}
