@@ -11,6 +11,7 @@ mod actions_email;
 mod cli;
 mod connections;
 mod crash;
+mod dashboard;
 mod demo;
 mod faults;
 mod ingest;
