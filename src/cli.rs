@@ -1,5 +1,6 @@
 //! The command line: `serve`, `migrate`, `check-config`, `encrypt`,
-//! `decrypt`, `notifications`, `rejected list|reprocess`, `demo`.
+//! `decrypt`, `notifications`, `rejected list|reprocess`, `actions`, `replay`,
+//! `admin hash-password`, `report backfill|rebuild`, `demo`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,16 @@ pub enum Command {
         #[arg(long = "type", value_parser = TransactionType::parse)]
         kind: Option<TransactionType>,
     },
+    /// The dashboard's login.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// The report tables behind the dashboard and its API.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Write a realistic, seeded history of demo notifications (sales,
     /// rebills, refunds, chargebacks, cancellations, ClickBank retries) into
     /// the configured database, through the same pipeline as a real post.
@@ -104,12 +115,32 @@ pub enum Command {
         /// The last day (UTC), included (default: today, up to now).
         #[arg(long, value_parser = parse_date)]
         end: Option<chrono::NaiveDate>,
+        /// Sales on an average weekday (a bigger shop: more).
+        #[arg(long, default_value_t = demo::SALES_PER_DAY)]
+        sales_per_day: f64,
     },
 }
 
 fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map_err(|_| format!("`{s}` is not a date (2026-11-30)"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Read a password from standard input and print its argon2id PHC
+    /// string, for `admin.password_hash`.
+    HashPassword,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Count every stored notification that the reports have not counted
+    /// yet (what a running daemon does by itself), and print how many.
+    Backfill,
+    /// Empty the report tables and count every stored notification again
+    /// (after a fix to how notifications are read). Stop the daemon first.
+    Rebuild,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +248,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let admin = crate::app::bind_admin(&settings).await?;
             app.serve(listener, admin, shutdown::signal()).await
         }
+        Command::Admin {
+            command: AdminCommand::HashPassword,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "the password is empty");
+            let hash = crate::admin::hash_password(password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            println!("{hash}");
+            Ok(())
+        }
+        Command::Report { command } => {
+            let settings = load(&cli)?;
+            telemetry::init(&settings.log);
+            let store = open_store(&settings, true).await?;
+            if matches!(command, ReportCommand::Rebuild) {
+                store.clear_reports().await?;
+            }
+            let reports = crate::report::Reports::new(store.clone());
+            let started = std::time::Instant::now();
+            let mut total = 0;
+            loop {
+                let pass = reports.catch_up().await?;
+                total += pass.projected;
+                if pass.caught_up {
+                    break;
+                }
+            }
+            println!(
+                "counted {total} notifications into the reports in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            store.close().await;
+            Ok(())
+        }
         Command::Migrate => {
             let settings = load(&cli)?;
             telemetry::init(&settings.log);
@@ -228,7 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Notifications { limit } => {
             let settings = load(&cli)?;
             let store = open_store(&settings, false).await?;
-            let rows = store.recent_notifications(*limit).await?;
+            let rows = store.recent_notifications(*limit, None).await?;
             println!(
                 "{:>6}  {:<20}  {:<12}  {:<14}  {:<16}  {:>10} {:<3}  {:>3}  {:>4}",
                 "id", "transaction time", "account", "receipt", "type", "amount", "", "try", "dups"
@@ -354,6 +423,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             days,
             seed,
             end,
+            sales_per_day,
         } => {
             let settings = load(&cli)?;
             let store = open_store(&settings, true).await?;
@@ -362,7 +432,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .and_then(|d| d.succ_opt())
                 .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
                 .map_or_else(Utc::now, |t| t.min(Utc::now()));
-            let summary = demo::run(settings, &store, account.as_deref(), *seed, *days, end).await;
+            let summary = demo::run(settings, &store, account.as_deref(), *seed, *days, end, *sales_per_day).await;
             store.close().await;
             println!("{}", summary?);
             Ok(())

@@ -13,6 +13,8 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::AdminState;
 use crate::ingest::Committed;
+use crate::ins::{AccountName, Notification};
+use crate::store::StoredNotification;
 use crate::report::facts::{masked_email, money_text, Facts};
 
 /// What the feed shows of a notification.
@@ -33,11 +35,19 @@ pub struct LiveItem {
 
 impl LiveItem {
     pub fn of(c: &Committed) -> LiveItem {
-        let n = &c.notification;
+        LiveItem::new(c.id, &c.account, &c.notification)
+    }
+
+    /// The same for a stored notification (the rows the page starts with).
+    pub fn of_stored(s: &StoredNotification) -> LiveItem {
+        LiveItem::new(s.id, &s.account, &s.notification)
+    }
+
+    fn new(id: i64, account: &AccountName, n: &Notification) -> LiveItem {
         let facts = Facts::of(n);
         LiveItem {
-            id: c.id,
-            account: c.account.to_string(),
+            id,
+            account: account.to_string(),
             time: n.transaction_time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             kind: n.transaction_type.to_string(),
             receipt: n.receipt.to_string(),

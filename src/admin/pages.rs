@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::api::{self, ViewError};
 use super::params::{encode, ViewParams};
+use super::live::LiveItem;
 use super::{client_ip, AdminState, Viewer};
 use crate::report::facts::{masked_email, Facts, TRACKING_PARAMETERS};
 use crate::report::query::{self, Day, SORTS};
@@ -88,7 +89,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
 /// What every page's frame needs: navigation, the scope form, the CSRF token.
 async fn frame(state: &AdminState, viewer: &Viewer, page: &str, p: &ViewParams) -> Value {
     let accounts = api::accounts(state).await.unwrap_or_default();
-    let behind = state.reports.behind().await.unwrap_or(0);
+    let behind = state.reports.behind();
     context! {
         page,
         scoped => !matches!(page, "actions" | "rejected"),
@@ -193,14 +194,13 @@ async fn overview(State(state): State<Arc<AdminState>>, Extension(viewer): Exten
             |d, v| format!("{}: {:.1} % ({} refunds, {} orders)", d.day, v * 100.0, d.refunds, d.orders),
             |v| format!("{:.0} %", v * 100.0),
         ));
-        let recent = state
+        let recent: Vec<LiveItem> = state
             .store
-            .find_notifications(&crate::store::NotificationFilter {
-                account: scope.account.as_deref(),
-                limit: 15,
-                ..Default::default()
-            })
-            .await?;
+            .recent_notifications(15, scope.account.as_deref())
+            .await?
+            .iter()
+            .map(LiveItem::of_stored)
+            .collect();
         let ctx = frame(&state, &viewer, "overview", &p).await;
         Ok::<_, ViewError>(state.templates.render("overview.html", context! { ..ctx, ..context! { summary, charts, recent } }))
     }

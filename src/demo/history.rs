@@ -113,7 +113,7 @@ const fn product(
 }
 
 /// Sales on an average weekday; the weekly pattern and a slow growth vary it.
-const SALES_PER_DAY: f64 = 30.0;
+pub const SALES_PER_DAY: f64 = 30.0;
 /// Sales with no affiliate (direct), in percent.
 const DIRECT_PERCENT: u32 = 20;
 /// Chargebacks per sale, in per mille.
@@ -213,6 +213,12 @@ struct Event {
 /// sorted by transaction time; retries follow their originals. Refunds,
 /// rebills and chargebacks that would fall after `end` have not happened yet.
 pub fn history(seed: u64, days: u32, end: DateTime<Utc>) -> Vec<DemoPost> {
+    history_at(seed, days, end, SALES_PER_DAY)
+}
+
+/// [`history`] of a shop with `sales_per_day` sales on an average weekday
+/// (the benchmark's large vendor).
+pub fn history_at(seed: u64, days: u32, end: DateTime<Utc>, sales_per_day: f64) -> Vec<DemoPost> {
     let mut rng = StdRng::seed_from_u64(seed);
     let start = end - Duration::days(i64::from(days));
     let mut receipts = HashSet::new();
@@ -225,7 +231,7 @@ pub fn history(seed: u64, days: u32, end: DateTime<Utc>) -> Vec<DemoPost> {
         date = date.succ_opt().unwrap_or(date);
         let weekday = midnight.weekday().num_days_from_monday() as usize;
         let growth = 0.85 + 0.3 * (midnight - start).num_days() as f64 / f64::from(days.max(1));
-        let mean = SALES_PER_DAY * WEEKLY[weekday] * growth * rng.random_range(0.8..1.2);
+        let mean = sales_per_day * WEEKLY[weekday] * growth * rng.random_range(0.8..1.2);
         for _ in 0..mean.round() as u32 {
             let time = midnight + Duration::seconds(in_day(&mut rng));
             if time < start || time >= end {

@@ -25,7 +25,10 @@ use crate::ins;
 use crate::runtime::Runtime;
 use crate::store::{Recorded, Store, Writer};
 
-pub use history::{history, DemoPost, Product, PRODUCTS, SPIKE_DAYS, SPIKE_FACTOR, SPIKING};
+pub use history::{
+    history, history_at, DemoPost, Product, PRODUCTS, SALES_PER_DAY, SPIKE_DAYS, SPIKE_FACTOR,
+    SPIKING,
+};
 
 /// The source address of every demo post (it never crosses a network).
 pub const DEMO_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -51,7 +54,7 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-/// Writes `history(seed, days, end)` for `account` (default: the first
+/// Writes `history_at(seed, days, end, sales_per_day)` for `account` (default: the first
 /// configured one) through the pipeline. Configured actions are left out:
 /// demo sales must not send mail or call webhooks. Allowlists are left out
 /// too: the posts never cross a network.
@@ -62,6 +65,7 @@ pub async fn run(
     seed: u64,
     days: u32,
     end: DateTime<Utc>,
+    sales_per_day: f64,
 ) -> anyhow::Result<Summary> {
     settings.actions.clear();
     settings.security.allowed_ips.clear();
@@ -95,7 +99,7 @@ pub async fn run(
     ));
 
     let started = Instant::now();
-    let posts = history(seed, days, end);
+    let posts = history::history_at(seed, days, end, sales_per_day);
     let mut summary = Summary {
         account: name.to_string(),
         from: posts.iter().map(|p| p.time).min(),

@@ -13,6 +13,7 @@ pub mod project;
 pub mod query;
 pub mod stats;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ const TICK: Duration = Duration::from_secs(5);
 pub struct Reports {
     store: Store,
     cursor: Mutex<project::Cursor>,
+    /// What the last pass left (0: caught up), for the pages' banner.
+    remaining: AtomicI64,
 }
 
 impl Reports {
@@ -47,6 +50,7 @@ impl Reports {
         Arc::new(Reports {
             store,
             cursor: Mutex::new(project::Cursor::default()),
+            remaining: AtomicI64::new(0),
         })
     }
 
@@ -59,14 +63,15 @@ impl Reports {
     /// returned pass is not caught up.
     pub async fn catch_up(&self) -> Result<Pass, StoreError> {
         let mut cursor = self.cursor.lock().await;
-        project::pass(&self.store, &mut cursor, READ_BUDGET).await
+        let pass = project::pass(&self.store, &mut cursor, READ_BUDGET, false).await?;
+        self.remaining.store(pass.remaining, Ordering::Relaxed);
+        Ok(pass)
     }
 
-    /// How many stored notifications the reports have not counted yet
-    /// (an upper bound: ids are not dense).
-    pub async fn behind(&self) -> Result<i64, StoreError> {
-        let (watermark, max) = self.store.report_position().await?;
-        Ok((max - watermark).max(0))
+    /// How many stored notifications the reports had not counted at the
+    /// last pass (an upper bound: ids are not dense); 0 when caught up.
+    pub fn behind(&self) -> i64 {
+        self.remaining.load(Ordering::Relaxed)
     }
 
     /// Projects in the background: soon after commits, and every few
@@ -96,11 +101,12 @@ impl Reports {
                     let mut cursor = self.cursor.lock().await;
                     tokio::select! {
                         _ = token.cancelled() => return,
-                        p = project::pass(&self.store, &mut cursor, TASK_BUDGET) => p,
+                        p = project::pass(&self.store, &mut cursor, TASK_BUDGET, true) => p,
                     }
                 };
                 match pass {
                     Ok(p) => {
+                        self.remaining.store(p.remaining, Ordering::Relaxed);
                         backlog = !p.caught_up;
                         if p.projected > 0 {
                             tracing::debug!(projected = p.projected, caught_up = p.caught_up, "report: projected");

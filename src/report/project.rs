@@ -5,13 +5,16 @@
 //! by `kaching demo` or by another process is projected like a live one;
 //! the post-commit channel only wakes the projector sooner.
 //!
-//! Ids are not committed in order on Postgres (several writers), so "every
-//! id up to N is projected" is only claimed for an N that was the highest
-//! id when a pass caught up at least [`GRACE`] ago: any transaction still
-//! open then has ended since. Above that watermark, a pass looks for ids
-//! with no facts row, a short index range.
+//! Ids are not committed in order on Postgres (several writers): a row can
+//! become visible after a pass has read past its id. So the durable
+//! watermark ("every id up to N is projected") only moves to an N that was
+//! the highest id at least [`GRACE`] before a verifying pass read everything
+//! above the old watermark; ordinary passes start where this process last
+//! read, so a backfill reads each row once; a verifying pass every
+//! [`VERIFY`] picks up the late ones. Above the watermark, a pass looks for
+//! ids with no facts row: a short index range.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::report::facts::{Dim, Facts, Kind};
@@ -24,14 +27,23 @@ use crate::store::{
 pub const BATCH: i64 = 1000;
 
 /// How long a notification's transaction may stay open after its id is
-/// taken (the commit timeout, with a wide margin).
-pub const GRACE: Duration = Duration::from_secs(60);
+/// taken (the commit timeout and the request timeout, with a wide margin).
+pub const GRACE: Duration = Duration::from_secs(30);
+
+/// How often the background task re-reads everything above the durable
+/// watermark (a verifying pass): it finds rows that committed after a pass
+/// had read past their id, and it lets the watermark advance.
+pub const VERIFY: Duration = Duration::from_secs(10);
 
 /// What the projector remembers between passes.
 #[derive(Debug, Default)]
 pub struct Cursor {
-    /// The highest id when a pass last caught up, and when that was.
-    candidate: Option<(Instant, i64)>,
+    /// The highest id this process has read: an ordinary pass starts there,
+    /// so a backfill reads each row once.
+    resume: Option<i64>,
+    /// (when, the highest id then) at the start of recent verifying passes.
+    candidates: VecDeque<(Instant, i64)>,
+    last_verify: Option<Instant>,
 }
 
 /// What a pass did.
@@ -40,12 +52,33 @@ pub struct Pass {
     pub projected: usize,
     /// Nothing committed is left unprojected (as of the pass's start).
     pub caught_up: bool,
+    /// When not caught up: at most this many ids are left (ids are not dense).
+    pub remaining: i64,
 }
 
-/// Projects up to `budget` notifications; stops early when caught up.
-pub async fn pass(store: &Store, cursor: &mut Cursor, budget: usize) -> Result<Pass, StoreError> {
+/// Projects up to `budget` notifications, from where this process last
+/// read or, when `may_verify` and it is time, from the durable watermark.
+/// Stops early when caught up.
+///
+/// A verifying pass that catches up at time T has read, at T or later,
+/// every row above the watermark: any id that was the highest at least
+/// [`GRACE`] before T is then safe (its transaction and every earlier one
+/// has ended), and becomes the watermark.
+pub async fn pass(
+    store: &Store,
+    cursor: &mut Cursor,
+    budget: usize,
+    may_verify: bool,
+) -> Result<Pass, StoreError> {
     let (watermark, max_id) = store.report_position().await?;
-    let mut after = watermark;
+    let verify = cursor.resume.is_none()
+        || (may_verify && cursor.last_verify.is_none_or(|t| t.elapsed() >= VERIFY));
+    let started = Instant::now();
+    let mut after = if verify {
+        watermark
+    } else {
+        cursor.resume.unwrap_or(watermark).max(watermark)
+    };
     let mut projected = 0;
     let caught_up = loop {
         let rows = store.unprojected(after, BATCH).await?;
@@ -63,26 +96,39 @@ pub async fn pass(store: &Store, cursor: &mut Cursor, budget: usize) -> Result<P
             break false;
         }
     };
-    if caught_up {
-        let advance = match cursor.candidate {
-            Some((at, id)) if at.elapsed() >= GRACE && id > watermark => Some(id),
-            _ => None,
-        };
-        if advance.is_some() || cursor.candidate.is_none_or(|(at, _)| at.elapsed() >= GRACE) {
-            cursor.candidate = Some((Instant::now(), max_id));
+    // Everything up to `max_id` was read (or, not caught up, up to `after`).
+    let read_to = if caught_up { max_id.max(after) } else { after };
+    cursor.resume = Some(cursor.resume.unwrap_or(0).max(read_to));
+    if verify {
+        cursor.candidates.push_back((started, max_id));
+        if caught_up {
+            cursor.last_verify = Some(started);
+            let mut safe = None;
+            while let Some(&(at, id)) = cursor.candidates.front() {
+                if started.duration_since(at) < GRACE {
+                    break;
+                }
+                safe = Some(id);
+                cursor.candidates.pop_front();
+            }
+            if let Some(id) = safe.filter(|id| *id > watermark) {
+                store
+                    .apply_projection(&Projection {
+                        watermark: Some(id),
+                        ..Projection::default()
+                    })
+                    .await?;
+            }
         }
-        if let Some(id) = advance {
-            store
-                .apply_projection(&Projection {
-                    watermark: Some(id),
-                    ..Projection::default()
-                })
-                .await?;
+        // A bound, should verifying passes never catch up.
+        while cursor.candidates.len() > 64 {
+            cursor.candidates.pop_front();
         }
     }
     Ok(Pass {
         projected,
         caught_up,
+        remaining: if caught_up { 0 } else { (max_id - after).max(0) },
     })
 }
 

@@ -514,14 +514,20 @@ impl Store {
         })
     }
 
-    /// The most recent notifications, newest first.
+    /// The most recent notifications (of one account), newest first.
     pub async fn recent_notifications(
         &self,
         limit: i64,
+        account: Option<&str>,
     ) -> Result<Vec<StoredNotification>, StoreError> {
-        let sql = format!("{NOTIFICATION_SELECT} ORDER BY id DESC LIMIT $1");
-        let rows: Vec<NotificationRow> =
-            on_pool!(self, pool => sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?);
+        let sql = format!(
+            "{NOTIFICATION_SELECT} WHERE ($2 IS NULL OR account = $2) ORDER BY id DESC LIMIT $1"
+        );
+        let rows: Vec<NotificationRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(limit)
+            .bind(account)
+            .fetch_all(pool)
+            .await?);
         rows.into_iter().map(StoredNotification::try_from).collect()
     }
 

@@ -64,7 +64,7 @@ async fn demo_stores_each_generated_notification_once_and_retries_as_duplicates(
     );
     assert!(out.contains("refund spike"), "{out}");
     let store = Store::connect(&settings.database).await.unwrap();
-    let rows = store.recent_notifications(100_000).await.unwrap();
+    let rows = store.recent_notifications(100_000, None).await.unwrap();
     assert_eq!(rows.len(), distinct.len());
     let stored: HashSet<_> = rows
         .iter()
@@ -94,7 +94,7 @@ async fn demo_stores_each_generated_notification_once_and_retries_as_duplicates(
         out.contains(&format!("stored 0 new, {} duplicates", posts.len())),
         "{out}"
     );
-    let again = store.recent_notifications(100_000).await.unwrap();
+    let again = store.recent_notifications(100_000, None).await.unwrap();
     assert_eq!(again.len(), distinct.len());
     let duplicates: i64 = again.iter().map(|r| r.duplicates).sum();
     assert_eq!(duplicates, (retries + posts.len()) as i64);

@@ -400,7 +400,7 @@ async fn shutdown_stops_accepting_and_keeps_what_was_stored(backend: Backend) {
     let store = kaching::store::Store::connect(&app.settings.database)
         .await
         .unwrap();
-    let rows = store.recent_notifications(10).await.unwrap();
+    let rows = store.recent_notifications(10, None).await.unwrap();
     assert_eq!(rows.len(), 1);
     store.close().await;
 }

@@ -2,6 +2,7 @@
 //! Integration tests: the real server, over real TLS, on a real socket,
 //! against SQLite and the real Postgres server. `TEST_LOG=1` shows the logs.
 
+mod browser;
 mod smtp;
 mod support;
 mod target;
@@ -12,6 +13,7 @@ mod cli;
 mod connections;
 mod crash;
 mod dashboard;
+mod dashboard_browser;
 mod demo;
 mod faults;
 mod ingest;

@@ -89,7 +89,7 @@ async fn a_batch_stores_each_notification_once_and_counts_copies(backend: Backen
     );
     assert!(matches!(out[2], Recorded::New { .. }));
 
-    let rows = store.recent_notifications(10).await.unwrap();
+    let rows = store.recent_notifications(10, None).await.unwrap();
     let dups: Vec<(String, i64)> = {
         let mut v: Vec<_> = rows
             .iter()
@@ -131,7 +131,7 @@ async fn group_commit_under_concurrency_stores_everything_exactly_once(backend: 
         }
     }
     assert_eq!(new, 100);
-    let rows = store.recent_notifications(1000).await.unwrap();
+    let rows = store.recent_notifications(1000, None).await.unwrap();
     assert_eq!(rows.len(), 100);
     assert!(rows.iter().all(|r| r.duplicates == 1));
     drop(writer);
@@ -167,7 +167,7 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch(backend: Backend) 
         .record_batch(&[row(&plaintext("FINE9999", "SALE", t, 1)), row(&poisoned)])
         .await;
     assert!(together.is_err());
-    assert!(store.recent_notifications(10).await.unwrap().is_empty());
+    assert!(store.recent_notifications(10, None).await.unwrap().is_empty());
     // ...so the writer retries a failed batch row by row.
     let mut calls = Vec::new();
     for i in 0..50 {
@@ -182,7 +182,7 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch(backend: Backend) 
     }
     let results: Vec<_> = futures_join(calls).await;
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
-    assert_eq!(store.recent_notifications(100).await.unwrap().len(), 49);
+    assert_eq!(store.recent_notifications(100, None).await.unwrap().len(), 49);
     // The store still takes commits after the refusal.
     let after = store
         .record(row(&plaintext("AFTER001", "SALE", t, 1)))
@@ -207,7 +207,7 @@ async fn a_notification_holding_nul_is_stored(backend: Backend) {
         matches!(again, Ok(Recorded::Duplicate { differs: false, .. })),
         "{again:?}"
     );
-    let rows = store.recent_notifications(10).await.unwrap();
+    let rows = store.recent_notifications(10, None).await.unwrap();
     assert_eq!(rows.len(), 1);
     let n = &rows[0].notification;
     assert_eq!(n.vendor.as_deref(), Some("acme\u{FFFD}vendor"));
@@ -288,7 +288,7 @@ async fn a_stored_value_that_no_longer_parses_is_an_error_naming_its_column(back
             Err(StoreError::BadValue { column: c, .. }) => assert_eq!(c, column),
             other => panic!("{column}: {other:?}"),
         }
-        assert!(store.recent_notifications(10).await.is_err(), "{column}");
+        assert!(store.recent_notifications(10, None).await.is_err(), "{column}");
         exec(&store, &set(good)).await;
         assert!(store.notification(id).await.unwrap().is_some(), "{column}");
     }

@@ -301,7 +301,7 @@ impl TestApp {
 
     pub async fn rows(&self) -> Vec<StoredNotification> {
         self.store
-            .recent_notifications(10_000)
+            .recent_notifications(10_000, None)
             .await
             .expect("list notifications")
     }
