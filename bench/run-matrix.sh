@@ -19,6 +19,8 @@
 #   LOG_LEVEL=info         the daemon's log.level (info: one line per post, as deployed)
 #   ACTIONS=log            a `log` action, so every new notification also writes an
 #                          outbox row and the dispatcher runs it (ACTIONS= for none)
+#   LIVE=1                 keep the dashboard's live feed open (a `curl -N` on the
+#                          admin listener's /events) during every run
 #   KEEP=1                 keep the work directory (daemon logs, configs, bench outputs)
 #   CARGO_TARGET_DIR       honoured: the binaries are taken from where cargo built them
 set -euo pipefail
@@ -41,6 +43,7 @@ FULL=${FULL:-0}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 LOG_LEVEL=${LOG_LEVEL:-info}
 ACTIONS=${ACTIONS-log}
+LIVE=${LIVE:-0}
 PG_DB=kaching_bench
 KEY=BENCHMATRIXKEY01
 
@@ -89,6 +92,7 @@ free_port() {
 start_daemon() {
     local dir=$1 backend=$2 tls=$3 db_url port scheme
     port=$(free_port)
+    ADMIN_PORT=$(free_port)
     case $backend in
         sqlite) db_url="sqlite://$dir/kaching.db" ;;
         postgres)
@@ -103,7 +107,7 @@ start_daemon() {
 listen = "127.0.0.1:$port"
 
 [admin]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:$ADMIN_PORT"
 
 [tls]
 mode = "$tls"
@@ -171,8 +175,18 @@ run_bench() {
     local trust=()
     [ "$tls" = off ] || trust=(--ca-cert "$dir/tls/cert.pem")
     rc=0
+    local live_pid=
+    if [ "$LIVE" = 1 ]; then
+        curl -sN "http://127.0.0.1:$ADMIN_PORT/events" >"$out.events" 2>/dev/null &
+        live_pid=$!
+    fi
     "$TARGET/release/kaching-bench" --url "$URL" --secret-key "$KEY" --database-url "$DB_URL" \
         "${trust[@]}" --duplicates "$DUPLICATES" --forged "$FORGED" "$@" >"$out" 2>&1 || rc=$?
+    if [ -n "$live_pid" ]; then
+        kill "$live_pid" 2>/dev/null || true
+        wait "$live_pid" 2>/dev/null || true
+        NOTES+=("$BACKEND/$tls $label: the live feed got $(grep -c '^event: notification' "$out.events" || true) events")
+    fi
     status=$(summary_field "$out" verify)
     if [ -z "$status" ]; then
         status="ERROR"

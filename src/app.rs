@@ -123,9 +123,7 @@ impl App {
         );
         let ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
         let reports = Reports::new(store.clone());
-        let projector = reports
-            .clone()
-            .spawn(ingest.subscribe(), token.clone());
+        let projector = reports.clone().spawn(ingest.subscribe(), token.clone());
         let admin = match settings.admin.resolve(settings.tls.mode)? {
             None => None,
             Some(a) => {

@@ -271,14 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let reports = crate::report::Reports::new(store.clone());
             let started = std::time::Instant::now();
-            let mut total = 0;
-            loop {
-                let pass = reports.catch_up().await?;
-                total += pass.projected;
-                if pass.caught_up {
-                    break;
-                }
-            }
+            let total = reports.backfill().await?;
             println!(
                 "counted {total} notifications into the reports in {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -432,7 +425,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .and_then(|d| d.succ_opt())
                 .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
                 .map_or_else(Utc::now, |t| t.min(Utc::now()));
-            let summary = demo::run(settings, &store, account.as_deref(), *seed, *days, end, *sales_per_day).await;
+            let summary = demo::run(
+                settings,
+                &store,
+                account.as_deref(),
+                *seed,
+                *days,
+                end,
+                *sales_per_day,
+            )
+            .await;
             store.close().await;
             println!("{}", summary?);
             Ok(())

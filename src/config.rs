@@ -363,28 +363,29 @@ impl AdminSettings {
             &self.password_file,
             ("admin.password_env", "admin.password_file"),
         )?;
-        let password = match (&self.password_hash, plain) {
-            (None, None) => None,
-            (Some(hash), None) => {
-                argon2::PasswordHash::new(hash.trim()).map_err(|e| {
-                    invalid(
-                        "admin.password_hash",
-                        format!("not a PHC string ({e}); make one with `kaching admin hash-password`"),
-                    )
-                })?;
-                Some(Password::Hash(hash.trim().to_owned()))
-            }
-            (None, Some(p)) if p.is_empty() => {
-                return Err(invalid("admin.password_env", "the password is empty"))
-            }
-            (None, Some(p)) => Some(Password::Plain(SecretString::from(p))),
-            (Some(_), Some(_)) => {
-                return Err(invalid(
+        let password =
+            match (&self.password_hash, plain) {
+                (None, None) => None,
+                (Some(hash), None) => {
+                    argon2::PasswordHash::new(hash.trim()).map_err(|e| {
+                        invalid(
+                            "admin.password_hash",
+                            format!(
+                            "not a PHC string ({e}); make one with `kaching admin hash-password`"
+                        ),
+                        )
+                    })?;
+                    Some(Password::Hash(hash.trim().to_owned()))
+                }
+                (None, Some(p)) if p.is_empty() => {
+                    return Err(invalid("admin.password_env", "the password is empty"))
+                }
+                (None, Some(p)) => Some(Password::Plain(SecretString::from(p))),
+                (Some(_), Some(_)) => return Err(invalid(
                     "admin.password_hash",
                     "set one of admin.password_hash, admin.password_env and admin.password_file",
-                ))
-            }
-        };
+                )),
+            };
         if self.session_hours == 0 {
             return Err(invalid("admin.session_hours", "must be at least 1"));
         }

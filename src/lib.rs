@@ -3,8 +3,10 @@
 //! stored exactly once ([`store`]), then published after its commit to the
 //! dispatcher of follow-up [`actions`]. [`http`] only receives and answers.
 //! Settings ([`config`]) are built once into a [`runtime`], swapped whole by
-//! a live [`reload`]. [`metrics`] are served by the separate [`admin`]
-//! listener. [`demo`] writes a seeded history through the same pipeline.
+//! a live [`reload`]. [`report`] derives the dashboard's figures from the
+//! stored notifications; the separate [`admin`] listener serves them (pages,
+//! live feed, JSON API) and the [`metrics`]. [`demo`] writes a seeded
+//! history through the same pipeline.
 //! `main.rs` only calls [`cli::run`]; [`app`] is the wiring.
 
 pub mod actions;

@@ -24,7 +24,8 @@ CREATE TABLE report_facts (
     dims            TEXT   NOT NULL,
     tracking        TEXT   NOT NULL
 );
-CREATE INDEX report_facts_receipt ON report_facts (account, receipt);
+CREATE INDEX report_facts_receipt ON report_facts (receipt, account);
+CREATE INDEX report_facts_sale_receipt ON report_facts (sale_receipt);
 CREATE INDEX report_facts_day ON report_facts (day);
 
 COMMENT ON TABLE report_facts IS 'per notification: kind, UTC day, exact money and breakdown values, read from its payload';

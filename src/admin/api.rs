@@ -72,15 +72,24 @@ impl ViewError {
 
 impl IntoResponse for ViewError {
     fn into_response(self) -> Response {
-        (self.status(), Json(serde_json::json!({ "error": self.message() }))).into_response()
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.message() })),
+        )
+            .into_response()
     }
 }
 
 /// The accounts a view may name: the configured ones and any with stored
 /// notifications (an account removed from the configuration keeps its history).
 pub async fn accounts(state: &AdminState) -> Result<Vec<String>, StoreError> {
-    let mut accounts: Vec<String> =
-        state.live.load().accounts.iter().map(|a| a.keys.name.to_string()).collect();
+    let mut accounts: Vec<String> = state
+        .live
+        .load()
+        .accounts
+        .iter()
+        .map(|a| a.keys.name.to_string())
+        .collect();
     for a in state.store.report_accounts().await? {
         if !accounts.contains(&a) {
             accounts.push(a);
@@ -108,7 +117,11 @@ pub fn dimension(p: &ViewParams, default: &'static str) -> Result<String, ViewEr
     Ok(by.to_owned())
 }
 
-pub async fn rows(state: &AdminState, p: &ViewParams, by: &str) -> Result<(Scope, Vec<Row>), ViewError> {
+pub async fn rows(
+    state: &AdminState,
+    p: &ViewParams,
+    by: &str,
+) -> Result<(Scope, Vec<Row>), ViewError> {
     let scope = scope(state, p).await?;
     let sort = p.get(&p.sort).unwrap_or("net");
     let rows = query::breakdown(&state.store, &scope, by, None, sort, p.descending()).await?;
@@ -119,7 +132,10 @@ fn csv_response(name: &str, body: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.csv\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.csv\""),
+            ),
         ],
         body,
     )
@@ -133,9 +149,24 @@ fn rate_cells(r: &Rate) -> [Cell; 3] {
 
 fn breakdown_csv(name: &str, rows: &[Row]) -> Response {
     let header = [
-        "value", "label", "currency", "sales", "rebills", "refunds", "chargebacks", "gross", "refunded",
-        "charged_back", "net", "average_order", "refund_rate", "refund_rate_low", "refund_rate_high",
-        "cohort_refund_rate", "cohort_refund_rate_low", "cohort_refund_rate_high",
+        "value",
+        "label",
+        "currency",
+        "sales",
+        "rebills",
+        "refunds",
+        "chargebacks",
+        "gross",
+        "refunded",
+        "charged_back",
+        "net",
+        "average_order",
+        "refund_rate",
+        "refund_rate_low",
+        "refund_rate_high",
+        "cohort_refund_rate",
+        "cohort_refund_rate_low",
+        "cohort_refund_rate_high",
     ];
     let body = csv::write(
         &header,
@@ -173,7 +204,10 @@ async fn breakdown(state: &AdminState, p: ViewParams, by: &str) -> Result<Respon
     .into_response())
 }
 
-async fn summary(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn summary(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     let p = ViewParams::parse(q.as_deref());
     let scope = scope(&state, &p).await?;
     let s = query::summary(&state.store, &scope).await?;
@@ -204,31 +238,48 @@ async fn summary(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) ->
     Ok(Json(s).into_response())
 }
 
-async fn products(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn products(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     breakdown(&state, ViewParams::parse(q.as_deref()), "product").await
 }
 
-async fn affiliates(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn affiliates(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     breakdown(&state, ViewParams::parse(q.as_deref()), "affiliate").await
 }
 
-async fn tracking(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn tracking(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     let p = ViewParams::parse(q.as_deref());
     let by = dimension(&p, "tid")?;
     breakdown(&state, p, &by).await
 }
 
-pub async fn compared(state: &AdminState, p: &ViewParams) -> Result<(Scope, String, query::Compared), ViewError> {
+pub async fn compared(
+    state: &AdminState,
+    p: &ViewParams,
+) -> Result<(Scope, String, query::Compared), ViewError> {
     let by = dimension(p, "tid")?;
     let scope = scope(state, p).await?;
     let c = query::compare(&state.store, &scope, &by, &p.values).await?;
     Ok((scope, by, c))
 }
 
-async fn compare(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn compare(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     let p = ViewParams::parse(q.as_deref());
     if p.values.len() < 2 {
-        return Err(ParamError::Bad("compare needs two or more values: ?by=tid&v=a&v=b".into()).into());
+        return Err(
+            ParamError::Bad("compare needs two or more values: ?by=tid&v=a&v=b".into()).into(),
+        );
     }
     let (scope, by, c) = compared(&state, &p).await?;
     if p.csv() {
@@ -241,24 +292,44 @@ async fn compare(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) ->
     .into_response())
 }
 
-async fn subscriptions(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn subscriptions(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     let p = ViewParams::parse(q.as_deref());
     let scope = scope(&state, &p).await?;
     let s = query::subscriptions(&state.store, &scope).await?;
     if p.csv() {
         let body = csv::write(
-            &["month", "item_no", "title", "started", "active", "cancelled", "refunded", "rebilled_1", "rebilled_2", "rebilled_3", "rebilled_6"],
+            &[
+                "month",
+                "item_no",
+                "title",
+                "started",
+                "active",
+                "cancelled",
+                "refunded",
+                "rebilled_1",
+                "rebilled_2",
+                "rebilled_3",
+                "rebilled_6",
+            ],
             s.cohorts.iter().map(|c| {
+                let r = &c.row;
                 let mut cells = vec![
-                    Cell::Figure(c.month.clone()),
-                    Cell::Text(c.item_no.clone()),
-                    Cell::Text(c.title.clone()),
-                    Cell::Figure(c.started.to_string()),
-                    Cell::Figure(c.active.to_string()),
-                    Cell::Figure(c.cancelled.to_string()),
-                    Cell::Figure(c.refunded.to_string()),
+                    Cell::Figure(r.month.clone()),
+                    Cell::Text(r.item_no.clone()),
+                    Cell::Text(r.title.clone()),
+                    Cell::Figure(r.started.to_string()),
+                    Cell::Figure(r.active.to_string()),
+                    Cell::Figure(r.cancelled.to_string()),
+                    Cell::Figure(r.refunded.to_string()),
                 ];
-                cells.extend(c.retention.iter().map(|r| Cell::Figure(r.map(|r| format!("{r:.4}")).unwrap_or_default())));
+                cells.extend(
+                    c.retention
+                        .iter()
+                        .map(|r| Cell::Figure(r.map(|r| format!("{r:.4}")).unwrap_or_default())),
+                );
                 cells
             }),
         );
@@ -272,7 +343,10 @@ pub const PAGE: i64 = 50;
 
 /// The notification list of `p`: filters by receipt, type, account, range
 /// (only when given) and a breakdown value (`dim`/`value`).
-pub async fn listed(state: &AdminState, p: &ViewParams) -> Result<Vec<ListedNotification>, ViewError> {
+pub async fn listed(
+    state: &AdminState,
+    p: &ViewParams,
+) -> Result<Vec<ListedNotification>, ViewError> {
     state.reports.catch_up().await?;
     let accounts = accounts(state).await?;
     let account = p.get(&p.scope.account);
@@ -281,15 +355,28 @@ pub async fn listed(state: &AdminState, p: &ViewParams) -> Result<Vec<ListedNoti
             return Err(ParamError::UnknownAccount(a.to_owned()).into());
         }
     }
-    let ranged = p.get(&p.scope.from).is_some() || p.get(&p.scope.to).is_some() || p.get(&p.scope.range).is_some();
-    let scope = if ranged { Some(p.scope.scope(&accounts)?) } else { None };
+    let ranged = p.get(&p.scope.from).is_some()
+        || p.get(&p.scope.to).is_some()
+        || p.get(&p.scope.range).is_some();
+    let scope = if ranged {
+        Some(p.scope.scope(&accounts)?)
+    } else {
+        None
+    };
     let dim = match (p.get(&p.dim), p.value.as_deref()) {
         (Some(d), Some(v)) if query::is_dimension(d) => Some((d, v)),
-        (Some(d), _) => return Err(ParamError::Bad(format!("dim={d:?} needs a value and must be a breakdown")).into()),
+        (Some(d), _) => {
+            return Err(
+                ParamError::Bad(format!("dim={d:?} needs a value and must be a breakdown")).into(),
+            )
+        }
         _ => None,
     };
     let before_id = match p.get(&p.before) {
-        Some(b) => Some(b.parse::<i64>().map_err(|_| ParamError::Bad(format!("before={b:?} is not an id")))?),
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| ParamError::Bad(format!("before={b:?} is not an id")))?,
+        ),
         None => None,
     };
     Ok(state
@@ -307,7 +394,10 @@ pub async fn listed(state: &AdminState, p: &ViewParams) -> Result<Vec<ListedNoti
         .await?)
 }
 
-async fn notifications(State(state): State<Arc<AdminState>>, RawQuery(q): RawQuery) -> Result<Response, ViewError> {
+async fn notifications(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
     let p = ViewParams::parse(q.as_deref());
     let rows = listed(&state, &p).await?;
     Ok(Json(serde_json::json!({ "notifications": rows })).into_response())

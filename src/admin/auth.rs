@@ -63,7 +63,10 @@ impl Auth {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         Auth {
-            token: admin.token.as_ref().map(|t| digest(t.expose_secret().as_bytes())),
+            token: admin
+                .token
+                .as_ref()
+                .map(|t| digest(t.expose_secret().as_bytes())),
             password: admin.password.clone(),
             key,
             ttl: admin.session,
@@ -186,8 +189,11 @@ impl Auth {
             Some(Password::Hash(phc)) => {
                 let (phc, given) = (phc.clone(), password.to_owned());
                 tokio::task::spawn_blocking(move || {
-                    PasswordHash::new(&phc)
-                        .is_ok_and(|h| Argon2::default().verify_password(given.as_bytes(), &h).is_ok())
+                    PasswordHash::new(&phc).is_ok_and(|h| {
+                        Argon2::default()
+                            .verify_password(given.as_bytes(), &h)
+                            .is_ok()
+                    })
                 })
                 .await
                 .unwrap_or(false)
@@ -224,5 +230,7 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     let salt = SaltString::encode_b64(&bytes)?;
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }

@@ -46,9 +46,15 @@ mod tests {
         let out = write(
             &["label", "net"],
             [
-                vec![Cell::Text("=HYPERLINK(\"x\")".into()), Cell::Figure("-5.00".into())],
+                vec![
+                    Cell::Text("=HYPERLINK(\"x\")".into()),
+                    Cell::Figure("-5.00".into()),
+                ],
                 vec![Cell::Text("@SUM(A1)".into()), Cell::Figure("1.00".into())],
-                vec![Cell::Text("plain, with comma".into()), Cell::Figure("0.00".into())],
+                vec![
+                    Cell::Text("plain, with comma".into()),
+                    Cell::Figure("0.00".into()),
+                ],
             ],
         );
         assert_eq!(

@@ -14,8 +14,8 @@ use tokio_stream::{Stream, StreamExt};
 use super::AdminState;
 use crate::ingest::Committed;
 use crate::ins::{AccountName, Notification};
-use crate::store::StoredNotification;
 use crate::report::facts::{masked_email, money_text, Facts};
+use crate::store::StoredNotification;
 
 /// What the feed shows of a notification.
 #[derive(Debug, serde::Serialize)]
@@ -48,10 +48,17 @@ impl LiveItem {
         LiveItem {
             id,
             account: account.to_string(),
-            time: n.transaction_time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            time: n
+                .transaction_time
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string(),
             kind: n.transaction_type.to_string(),
             receipt: n.receipt.to_string(),
-            product: facts.lines.first().map(|l| l.title.clone()).unwrap_or_default(),
+            product: facts
+                .lines
+                .first()
+                .map(|l| l.title.clone())
+                .unwrap_or_default(),
             amount: money_text(facts.micros),
             currency: facts.currency,
             affiliate: facts.affiliate,
@@ -60,14 +67,19 @@ impl LiveItem {
     }
 }
 
-pub async fn events(State(state): State<Arc<AdminState>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn events(
+    State(state): State<Arc<AdminState>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = BroadcastStream::new(state.commits.subscribe()).filter_map(|c| {
         let c = c.ok()?;
         if !c.new {
             return None;
         }
         let item = LiveItem::of(&c);
-        Some(Ok(Event::default().event("notification").json_data(item).unwrap_or_default()))
+        Some(Ok(Event::default()
+            .event("notification")
+            .json_data(item)
+            .unwrap_or_default()))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

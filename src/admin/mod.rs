@@ -100,9 +100,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
 async fn headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -114,7 +123,11 @@ async fn headers(request: Request, next: Next) -> Response {
 /// a session (pages and API) or the bearer token (API and `/metrics`).
 /// A POST also needs a same-origin `Origin` when the browser sends one
 /// (its CSRF token is checked by the handler, which parses the form).
-async fn authorize(State(state): State<Arc<AdminState>>, mut request: Request, next: Next) -> Response {
+async fn authorize(
+    State(state): State<Arc<AdminState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     let path = request.uri().path().to_owned();
     let scripted = path == "/metrics" || path.starts_with("/api/");
@@ -122,11 +135,23 @@ async fn authorize(State(state): State<Arc<AdminState>>, mut request: Request, n
         return (StatusCode::FORBIDDEN, "cross-origin request refused\n").into_response();
     }
     let viewer = if state.auth.open() {
-        Some(Viewer { session: None, csrf: state.auth.open_csrf(), person: true })
+        Some(Viewer {
+            session: None,
+            csrf: state.auth.open_csrf(),
+            person: true,
+        })
     } else if let Some(session) = state.auth.session(headers) {
-        Some(Viewer { csrf: session.csrf.clone(), session: Some(session), person: true })
+        Some(Viewer {
+            csrf: session.csrf.clone(),
+            session: Some(session),
+            person: true,
+        })
     } else if state.auth.bearer(headers) {
-        Some(Viewer { session: None, csrf: String::new(), person: false })
+        Some(Viewer {
+            session: None,
+            csrf: String::new(),
+            person: false,
+        })
     } else {
         None
     };
@@ -154,7 +179,10 @@ fn same_origin(headers: &axum::http::HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     origin
         .split_once("://")
         .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)

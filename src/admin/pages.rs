@@ -16,8 +16,8 @@ use minijinja::{context, Environment, Value};
 use serde::Deserialize;
 
 use super::api::{self, ViewError};
-use super::params::{encode, ViewParams};
 use super::live::LiveItem;
+use super::params::{encode, ViewParams};
 use super::{client_ip, AdminState, Viewer};
 use crate::report::facts::{masked_email, Facts, TRACKING_PARAMETERS};
 use crate::report::query::{self, Day, SORTS};
@@ -33,9 +33,18 @@ const TEMPLATES: [(&str, &str); 11] = [
     ("overview.html", include_str!("templates/overview.html")),
     ("breakdown.html", include_str!("templates/breakdown.html")),
     ("compare.html", include_str!("templates/compare.html")),
-    ("subscriptions.html", include_str!("templates/subscriptions.html")),
-    ("notifications.html", include_str!("templates/notifications.html")),
-    ("notification.html", include_str!("templates/notification.html")),
+    (
+        "subscriptions.html",
+        include_str!("templates/subscriptions.html"),
+    ),
+    (
+        "notifications.html",
+        include_str!("templates/notifications.html"),
+    ),
+    (
+        "notification.html",
+        include_str!("templates/notification.html"),
+    ),
     ("actions.html", include_str!("templates/actions.html")),
     ("rejected.html", include_str!("templates/rejected.html")),
 ];
@@ -48,7 +57,8 @@ impl Templates {
             env.add_template(name, source)?;
         }
         env.add_filter("pct", |x: Option<f64>| -> String {
-            x.map(|x| format!("{:.1} %", x * 100.0)).unwrap_or_else(|| "–".into())
+            x.map(|x| format!("{:.1} %", x * 100.0))
+                .unwrap_or_else(|| "–".into())
         });
         Ok(Templates(env))
     }
@@ -58,7 +68,11 @@ impl Templates {
             Ok(html) => Html(html).into_response(),
             Err(e) => {
                 tracing::error!(error = %e, template = name, "admin: cannot render a page");
-                (StatusCode::INTERNAL_SERVER_ERROR, "cannot render this page\n").into_response()
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot render this page\n",
+                )
+                    .into_response()
             }
         }
     }
@@ -73,8 +87,14 @@ impl std::fmt::Debug for Templates {
 pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/", get(overview))
-        .route("/products", get(products))
-        .route("/affiliates", get(affiliates))
+        .route(
+            "/products",
+            get(|s, v, q| fixed_breakdown(s, v, q, "products", "product")),
+        )
+        .route(
+            "/affiliates",
+            get(|s, v, q| fixed_breakdown(s, v, q, "affiliates", "affiliate")),
+        )
         .route("/tracking", get(tracking))
         .route("/compare", get(compare))
         .route("/subscriptions", get(subscriptions))
@@ -107,7 +127,10 @@ async fn frame(state: &AdminState, viewer: &Viewer, page: &str, p: &ViewParams) 
 
 fn error_page(state: &AdminState, e: ViewError) -> Response {
     let status = e.status();
-    let mut r = state.templates.render("error.html", context! { status => status.as_u16(), message => e.message() });
+    let mut r = state.templates.render(
+        "error.html",
+        context! { status => status.as_u16(), message => e.message() },
+    );
     *r.status_mut() = status;
     r
 }
@@ -144,7 +167,13 @@ struct Bar {
 const CHART_W: f64 = 720.0;
 const CHART_H: f64 = 160.0;
 
-fn chart(title: String, days: &[Day], value: impl Fn(&Day) -> f64, tip: impl Fn(&Day, f64) -> String, fmt: impl Fn(f64) -> String) -> Chart {
+fn chart(
+    title: String,
+    days: &[Day],
+    value: impl Fn(&Day) -> f64,
+    tip: impl Fn(&Day, f64) -> String,
+    fmt: impl Fn(f64) -> String,
+) -> Chart {
     let values: Vec<f64> = days.iter().map(&value).collect();
     let max = values.iter().cloned().fold(0.0_f64, f64::max);
     let min = values.iter().cloned().fold(0.0_f64, f64::min);
@@ -167,72 +196,119 @@ fn chart(title: String, days: &[Day], value: impl Fn(&Day) -> f64, tip: impl Fn(
             }
         })
         .collect();
-    Chart { title, bars, max: fmt(max), min: fmt(min), width: CHART_W as usize }
+    Chart {
+        title,
+        bars,
+        max: fmt(max),
+        min: fmt(min),
+        width: CHART_W as usize,
+    }
 }
 
-async fn overview(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn overview(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
-    page!(state, async {
-        let scope = api::scope(&state, &p).await?;
-        let summary = query::summary(&state.store, &scope).await?;
-        let mut charts = Vec::new();
-        for m in &summary.money {
-            let cur = m.currency.clone();
-            let c2 = cur.clone();
+    page!(
+        state,
+        async {
+            let scope = api::scope(&state, &p).await?;
+            let summary = query::summary(&state.store, &scope).await?;
+            let mut charts = Vec::new();
+            for m in &summary.money {
+                let cur = m.currency.clone();
+                let c2 = cur.clone();
+                charts.push(chart(
+                    format!("Net revenue per day, {cur}"),
+                    &summary.daily,
+                    |d| d.net_micros.get(&cur).copied().unwrap_or(0) as f64 / 1e6,
+                    |d, v| format!("{}: {v:.2} {c2}", d.day),
+                    |v| format!("{v:.0}"),
+                ));
+            }
             charts.push(chart(
-                format!("Net revenue per day, {cur}"),
+                "Refund rate per day (refunds ÷ orders of the day)".into(),
                 &summary.daily,
-                |d| d.net_micros.get(&cur).copied().unwrap_or(0) as f64 / 1e6,
-                |d, v| format!("{}: {v:.2} {c2}", d.day),
-                |v| format!("{v:.0}"),
+                |d| d.refund_rate.unwrap_or(0.0),
+                |d, v| {
+                    format!(
+                        "{}: {:.1} % ({} refunds, {} orders)",
+                        d.day,
+                        v * 100.0,
+                        d.refunds,
+                        d.orders
+                    )
+                },
+                |v| format!("{:.0} %", v * 100.0),
             ));
+            let recent: Vec<LiveItem> = state
+                .store
+                .recent_notifications(15, scope.account.as_deref())
+                .await?
+                .iter()
+                .map(LiveItem::of_stored)
+                .collect();
+            let ctx = frame(&state, &viewer, "overview", &p).await;
+            Ok::<_, ViewError>(state.templates.render(
+                "overview.html",
+                context! { ..ctx, ..context! { summary, charts, recent } },
+            ))
         }
-        charts.push(chart(
-            "Refund rate per day (refunds ÷ orders of the day)".into(),
-            &summary.daily,
-            |d| d.refund_rate.unwrap_or(0.0),
-            |d, v| format!("{}: {:.1} % ({} refunds, {} orders)", d.day, v * 100.0, d.refunds, d.orders),
-            |v| format!("{:.0} %", v * 100.0),
-        ));
-        let recent: Vec<LiveItem> = state
-            .store
-            .recent_notifications(15, scope.account.as_deref())
-            .await?
-            .iter()
-            .map(LiveItem::of_stored)
-            .collect();
-        let ctx = frame(&state, &viewer, "overview", &p).await;
-        Ok::<_, ViewError>(state.templates.render("overview.html", context! { ..ctx, ..context! { summary, charts, recent } }))
-    }
-    .await)
+        .await
+    )
 }
 
-async fn breakdown_page(state: Arc<AdminState>, viewer: Viewer, p: ViewParams, page: &str, by: String) -> Response {
-    page!(state, async {
-        let (scope, rows) = api::rows(&state, &p, &by).await?;
-        let ctx = frame(&state, &viewer, page, &p).await;
-        let sort = p.get(&p.sort).unwrap_or("net").to_owned();
-        Ok::<_, ViewError>(state.templates.render(
-            "breakdown.html",
-            context! { ..ctx, ..context! {
-                rows, by, sort, descending => p.descending(), sorts => SORTS,
-                parameters => TRACKING_PARAMETERS, immature => scope.immature(),
-                refund_window => query::REFUND_WINDOW_DAYS,
-            }},
-        ))
-    }
-    .await)
+async fn breakdown_page(
+    state: Arc<AdminState>,
+    viewer: Viewer,
+    p: ViewParams,
+    page: &str,
+    by: String,
+) -> Response {
+    page!(
+        state,
+        async {
+            let (scope, rows) = api::rows(&state, &p, &by).await?;
+            let ctx = frame(&state, &viewer, page, &p).await;
+            let sort = p.get(&p.sort).unwrap_or("net").to_owned();
+            Ok::<_, ViewError>(state.templates.render(
+                "breakdown.html",
+                context! { ..ctx, ..context! {
+                    rows, by, sort, descending => p.descending(), sorts => SORTS,
+                    parameters => TRACKING_PARAMETERS, immature => scope.immature(),
+                    refund_window => query::REFUND_WINDOW_DAYS,
+                }},
+            ))
+        }
+        .await
+    )
 }
 
-async fn products(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
-    breakdown_page(state, viewer, ViewParams::parse(q.as_deref()), "products", "product".into()).await
+/// The Products and Affiliates pages: a breakdown by a fixed dimension.
+async fn fixed_breakdown(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+    page: &'static str,
+    by: &'static str,
+) -> Response {
+    breakdown_page(
+        state,
+        viewer,
+        ViewParams::parse(q.as_deref()),
+        page,
+        by.into(),
+    )
+    .await
 }
 
-async fn affiliates(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
-    breakdown_page(state, viewer, ViewParams::parse(q.as_deref()), "affiliates", "affiliate".into()).await
-}
-
-async fn tracking(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn tracking(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
     match api::dimension(&p, "tid") {
         Ok(by) => breakdown_page(state, viewer, p, "tracking", by).await,
@@ -240,7 +316,11 @@ async fn tracking(State(state): State<Arc<AdminState>>, Extension(viewer): Exten
     }
 }
 
-async fn compare(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn compare(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
     page!(state, async {
         let (_, by, compared) = api::compared(&state, &p).await?;
@@ -253,47 +333,75 @@ async fn compare(State(state): State<Arc<AdminState>>, Extension(viewer): Extens
     .await)
 }
 
-async fn subscriptions(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn subscriptions(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
-    page!(state, async {
-        let scope = api::scope(&state, &p).await?;
-        let subs = query::subscriptions(&state.store, &scope).await?;
-        let ctx = frame(&state, &viewer, "subscriptions", &p).await;
-        Ok::<_, ViewError>(state.templates.render("subscriptions.html", context! { ..ctx, ..context! { subs } }))
-    }
-    .await)
+    page!(
+        state,
+        async {
+            let scope = api::scope(&state, &p).await?;
+            let subs = query::subscriptions(&state.store, &scope).await?;
+            let ctx = frame(&state, &viewer, "subscriptions", &p).await;
+            Ok::<_, ViewError>(state.templates.render(
+                "subscriptions.html",
+                context! { ..ctx, ..context! { subs } },
+            ))
+        }
+        .await
+    )
 }
 
-async fn notifications(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn notifications(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
-    page!(state, async {
-        let rows = api::listed(&state, &p).await?;
-        let older = (rows.len() as i64 == api::PAGE).then(|| rows.last().map(|r| r.id)).flatten();
-        let filter_query = {
-            let mut filter = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in [("receipt", &p.receipt), ("type", &p.kind), ("dim", &p.dim), ("value", &p.value)] {
-                if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-                    filter.append_pair(k, v);
+    page!(
+        state,
+        async {
+            let rows = api::listed(&state, &p).await?;
+            let older = (rows.len() as i64 == api::PAGE)
+                .then(|| rows.last().map(|r| r.id))
+                .flatten();
+            let filter_query = {
+                let mut filter = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in [
+                    ("receipt", &p.receipt),
+                    ("type", &p.kind),
+                    ("dim", &p.dim),
+                    ("value", &p.value),
+                ] {
+                    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                        filter.append_pair(k, v);
+                    }
                 }
-            }
-            filter.finish()
-        };
-        let ctx = frame(&state, &viewer, "notifications", &p).await;
-        Ok::<_, ViewError>(state.templates.render(
-            "notifications.html",
-            context! { ..ctx, ..context! {
-                rows, older, filter_query,
-                receipt => p.receipt.clone().unwrap_or_default(),
-                kind => p.kind.clone().unwrap_or_default(),
-                dim => p.dim.clone().unwrap_or_default(),
-                value => p.value.clone().unwrap_or_default(),
-            }},
-        ))
-    }
-    .await)
+                filter.finish()
+            };
+            let ctx = frame(&state, &viewer, "notifications", &p).await;
+            Ok::<_, ViewError>(state.templates.render(
+                "notifications.html",
+                context! { ..ctx, ..context! {
+                    rows, older, filter_query,
+                    receipt => p.receipt.clone().unwrap_or_default(),
+                    kind => p.kind.clone().unwrap_or_default(),
+                    dim => p.dim.clone().unwrap_or_default(),
+                    value => p.value.clone().unwrap_or_default(),
+                }},
+            ))
+        }
+        .await
+    )
 }
 
-async fn notification(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, Path(id): Path<i64>) -> Response {
+async fn notification(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<i64>,
+) -> Response {
     page!(state, async {
         let n = state
             .store
@@ -326,7 +434,11 @@ async fn notification(State(state): State<Arc<AdminState>>, Extension(viewer): E
     .await)
 }
 
-async fn actions(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn actions(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
     let status = p.get(&p.kind).and_then(|s| match s {
         "pending" => Some(RunStatus::Pending),
@@ -354,15 +466,26 @@ pub struct RetryForm {
 }
 
 /// `POST /actions/retry`: the run is due again now, with a fresh budget.
-async fn retry(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, Form(f): Form<RetryForm>) -> Response {
+async fn retry(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    Form(f): Form<RetryForm>,
+) -> Response {
     if !csrf_ok(&state, &viewer, &f.csrf) {
-        return (StatusCode::FORBIDDEN, "bad or missing CSRF token; reload the page\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "bad or missing CSRF token; reload the page\n",
+        )
+            .into_response();
     }
     let now = Utc::now();
     match state.store.retry_runs(&[f.id], now).await {
         Ok(_) => {
             if let (Some(d), Ok(Some(run))) = (&state.dispatcher, state.store.run(f.id).await) {
-                d.notify(&[NewRun { id: run.id, action: run.action.into() }]);
+                d.notify(&[NewRun {
+                    id: run.id,
+                    action: run.action.into(),
+                }]);
             }
             tracing::info!(run = f.id, "admin: run retried from the dashboard");
             Redirect::to("/actions").into_response()
@@ -381,7 +504,11 @@ fn csrf_ok(state: &AdminState, viewer: &Viewer, given: &str) -> bool {
     }
 }
 
-async fn rejected(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, RawQuery(q): RawQuery) -> Response {
+async fn rejected(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let p = ViewParams::parse(q.as_deref());
     let done = p.get(&p.value).map(str::to_owned);
     page!(state, async {
@@ -407,19 +534,39 @@ pub struct CsrfForm {
 
 /// `POST /rejected/reprocess`: every kept post through the pipeline again
 /// with the keys in force.
-async fn reprocess(State(state): State<Arc<AdminState>>, Extension(viewer): Extension<Viewer>, Form(f): Form<CsrfForm>) -> Response {
+async fn reprocess(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     if !csrf_ok(&state, &viewer, &f.csrf) {
-        return (StatusCode::FORBIDDEN, "bad or missing CSRF token; reload the page\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "bad or missing CSRF token; reload the page\n",
+        )
+            .into_response();
     }
     match crate::rejected::reprocess_with(state.live.clone(), &state.store).await {
         Ok(r) => {
-            tracing::info!(stored = r.stored, duplicates = r.duplicates, still_rejected = r.still_rejected, "admin: rejected posts reprocessed from the dashboard");
-            let done = format!("{} stored, {} already stored, {} still rejected", r.stored, r.duplicates, r.still_rejected);
+            tracing::info!(
+                stored = r.stored,
+                duplicates = r.duplicates,
+                still_rejected = r.still_rejected,
+                "admin: rejected posts reprocessed from the dashboard"
+            );
+            let done = format!(
+                "{} stored, {} already stored, {} still rejected",
+                r.stored, r.duplicates, r.still_rejected
+            );
             Redirect::to(&format!("/rejected?value={}", encode(&done))).into_response()
         }
         Err(e) => {
             tracing::warn!(error = %e, "admin: reprocessing failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "reprocessing failed; see the log\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reprocessing failed; see the log\n",
+            )
+                .into_response()
         }
     }
 }
@@ -474,7 +621,10 @@ pub async fn login(
         tracing::warn!(%ip, "admin: login refused: too many failures from this address");
         return fail(
             StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed logins from your address; try again in {} minutes", wait.as_secs() / 60 + 1),
+            format!(
+                "too many failed logins from your address; try again in {} minutes",
+                wait.as_secs() / 60 + 1
+            ),
         );
     }
     if state.auth.open() || !state.auth.login(ip, &f.password).await {
@@ -482,14 +632,24 @@ pub async fn login(
         return fail(StatusCode::UNAUTHORIZED, "wrong password".into());
     }
     tracing::info!(%ip, "admin: logged in");
-    ([(header::SET_COOKIE, state.auth.new_session())], Redirect::to(&next)).into_response()
+    (
+        [(header::SET_COOKIE, state.auth.new_session())],
+        Redirect::to(&next),
+    )
+        .into_response()
 }
 
-pub async fn logout(State(state): State<Arc<AdminState>>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+pub async fn logout(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     match state.auth.session(&headers) {
-        Some(s) if state.auth.csrf_ok(&s, &f.csrf) && super::same_origin(&headers) => {
-            ([(header::SET_COOKIE, state.auth.end_session(&s))], Redirect::to("/login")).into_response()
-        }
+        Some(s) if state.auth.csrf_ok(&s, &f.csrf) && super::same_origin(&headers) => (
+            [(header::SET_COOKIE, state.auth.end_session(&s))],
+            Redirect::to("/login"),
+        )
+            .into_response(),
         Some(_) => (StatusCode::FORBIDDEN, "bad or missing CSRF token\n").into_response(),
         None => Redirect::to("/login").into_response(),
     }
@@ -506,5 +666,12 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
     };
-    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=3600")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -34,7 +34,9 @@ fn present(s: &Option<String>) -> Option<&str> {
 
 fn date(name: &str, s: &str) -> Result<NaiveDate, ParamError> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-        ParamError::Bad(format!("{name}={s:?} is not a date: use YYYY-MM-DD (UTC), e.g. 2026-11-30"))
+        ParamError::Bad(format!(
+            "{name}={s:?} is not a date: use YYYY-MM-DD (UTC), e.g. 2026-11-30"
+        ))
     })
 }
 
@@ -60,7 +62,10 @@ impl ScopeParams {
                 )))
             }
         };
-        let to = present(&self.to).map(|s| date("to", s)).transpose()?.unwrap_or(today);
+        let to = present(&self.to)
+            .map(|s| date("to", s))
+            .transpose()?
+            .unwrap_or(today);
         let from = match present(&self.from) {
             Some(s) => date("from", s)?,
             None => to - Duration::days(days - 1),
@@ -79,7 +84,12 @@ impl ScopeParams {
     /// The query string that reproduces this scope (for links).
     pub fn query(&self) -> String {
         let mut out = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [("account", &self.account), ("from", &self.from), ("to", &self.to), ("range", &self.range)] {
+        for (k, v) in [
+            ("account", &self.account),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("range", &self.range),
+        ] {
             if let Some(v) = present(v) {
                 out.append_pair(k, v);
             }
@@ -166,18 +176,38 @@ mod tests {
     use super::*;
 
     fn p(from: &str, to: &str) -> ScopeParams {
-        ScopeParams { from: Some(from.into()), to: Some(to.into()), ..Default::default() }
+        ScopeParams {
+            from: Some(from.into()),
+            to: Some(to.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn ranges() {
         let s = p("2016-01-01", "2025-12-31").scope(&[]).unwrap();
         assert_eq!((s.to - s.from).num_days(), 3652);
-        assert!(matches!(p("2026-13-01", "2026-12-01").scope(&[]), Err(ParamError::Bad(m)) if m.contains("YYYY-MM-DD")));
-        assert!(matches!(p("2026-12-02", "2026-12-01").scope(&[]), Err(ParamError::Bad(_))));
-        let unknown = ScopeParams { account: Some("x".into()), ..Default::default() };
-        assert_eq!(unknown.scope(&["a".into()]), Err(ParamError::UnknownAccount("x".into())));
-        let today = ScopeParams { range: Some("today".into()), ..Default::default() }.scope(&[]).unwrap();
+        assert!(
+            matches!(p("2026-13-01", "2026-12-01").scope(&[]), Err(ParamError::Bad(m)) if m.contains("YYYY-MM-DD"))
+        );
+        assert!(matches!(
+            p("2026-12-02", "2026-12-01").scope(&[]),
+            Err(ParamError::Bad(_))
+        ));
+        let unknown = ScopeParams {
+            account: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            unknown.scope(&["a".into()]),
+            Err(ParamError::UnknownAccount("x".into()))
+        );
+        let today = ScopeParams {
+            range: Some("today".into()),
+            ..Default::default()
+        }
+        .scope(&[])
+        .unwrap();
         assert_eq!(today.from, today.to);
     }
 }

@@ -10,8 +10,9 @@
 //! (group commit, bounded by the commit timeout). After every commit the
 //! pipeline hints the new runs to the dispatcher (a bounded channel that
 //! drops hints when full) and publishes a [`Committed`] on one broadcast
-//! channel for whoever follows commits (the live dashboard, alert counters;
-//! nothing is built or sent while nobody subscribes). A subscriber that lags
+//! channel for whoever follows commits (the report projector, to wake up;
+//! the dashboard's live feed; nothing is built or sent while nobody
+//! subscribes). A subscriber that lags
 //! only misses events, never slows an acknowledgement: the database stays
 //! the truth, and the dispatcher's poller finds any run whose hint was lost.
 

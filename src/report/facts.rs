@@ -171,7 +171,11 @@ pub fn money_text(micros: i64) -> String {
 /// `ABCD1234-B002` → `ABCD1234`; other receipts as they are.
 pub fn sale_receipt(receipt: &str) -> &str {
     match receipt.rsplit_once("-B") {
-        Some((sale, n)) if !sale.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => sale,
+        Some((sale, n))
+            if !sale.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            sale
+        }
         _ => receipt,
     }
 }
@@ -425,17 +429,27 @@ mod tests {
         assert_eq!(f.day, NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
         assert_eq!(f.micros, 300_000);
         assert_eq!(f.lines.len(), 2);
-        assert_eq!((f.lines[1].item_no.as_str(), f.lines[1].micros), ("2", 200_000));
+        assert_eq!(
+            (f.lines[1].item_no.as_str(), f.lines[1].micros),
+            ("2", 200_000)
+        );
         assert!(f.recurring().is_some());
         assert_eq!(f.payment_method.as_deref(), Some("PYPL"));
         assert_eq!(f.country.as_deref(), Some("DE"));
         assert_eq!(
             f.parameters,
-            vec![("trafficSource", "facebook".to_owned()), ("creative", "7".to_owned())]
+            vec![
+                ("trafficSource", "facebook".to_owned()),
+                ("creative", "7".to_owned())
+            ]
         );
         assert!(f.tracking.iter().any(|(k, _)| k == "extclid"));
         let dims = f.dims();
-        let tids: Vec<_> = dims.iter().filter(|d| d.dim == "tid").map(|d| d.value.as_str()).collect();
+        let tids: Vec<_> = dims
+            .iter()
+            .filter(|d| d.dim == "tid")
+            .map(|d| d.value.as_str())
+            .collect();
         assert_eq!(tids, ["fb-1", "x"]);
         assert_eq!(masked_email(payload).as_deref(), Some("j***@example.com"));
     }
@@ -447,7 +461,10 @@ mod tests {
         let f = Facts::of(&notification("RFND", "ABCD1234", "-5.00", payload));
         assert_eq!(f.kind, Kind::Refund);
         assert_eq!(f.lines.len(), 1);
-        assert_eq!(f.lines[0].micros, -5_000_000, "a lone line takes the whole amount");
+        assert_eq!(
+            f.lines[0].micros, -5_000_000,
+            "a lone line takes the whole amount"
+        );
         assert_eq!(f.tids, ["solo"]);
         assert!(f.parameters.is_empty());
         assert_eq!(masked_email(payload), None);

@@ -68,6 +68,28 @@ impl Reports {
         Ok(pass)
     }
 
+    /// Counts everything pending, however much (`kaching report backfill`),
+    /// then verifies once more, so that a backfill longer than the grace
+    /// period leaves the watermark at its start and the daemon's first pass
+    /// does not re-read it. Returns the notifications counted.
+    pub async fn backfill(&self) -> Result<usize, StoreError> {
+        let mut cursor = self.cursor.lock().await;
+        let mut total = 0;
+        loop {
+            let pass = project::pass(&self.store, &mut cursor, usize::MAX, true).await?;
+            total += pass.projected;
+            if pass.caught_up {
+                break;
+            }
+        }
+        cursor.force_verify();
+        total += project::pass(&self.store, &mut cursor, usize::MAX, true)
+            .await?
+            .projected;
+        self.remaining.store(0, Ordering::Relaxed);
+        Ok(total)
+    }
+
     /// How many stored notifications the reports had not counted at the
     /// last pass (an upper bound: ids are not dense); 0 when caught up.
     pub fn behind(&self) -> i64 {
@@ -96,7 +118,9 @@ impl Reports {
                     }
                 }
                 // Whatever queued meanwhile is in this pass.
-                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = commits.try_recv() {}
+                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
+                    commits.try_recv()
+                {}
                 let pass = {
                     let mut cursor = self.cursor.lock().await;
                     tokio::select! {
@@ -109,7 +133,11 @@ impl Reports {
                         self.remaining.store(p.remaining, Ordering::Relaxed);
                         backlog = !p.caught_up;
                         if p.projected > 0 {
-                            tracing::debug!(projected = p.projected, caught_up = p.caught_up, "report: projected");
+                            tracing::debug!(
+                                projected = p.projected,
+                                caught_up = p.caught_up,
+                                "report: projected"
+                            );
                         }
                     }
                     Err(e) => {

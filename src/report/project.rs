@@ -44,6 +44,17 @@ pub struct Cursor {
     /// (when, the highest id then) at the start of recent verifying passes.
     candidates: VecDeque<(Instant, i64)>,
     last_verify: Option<Instant>,
+    /// The last pass stopped at its budget: a backfill is under way, and a
+    /// verifying pass (which could not catch up) would only re-read it.
+    backlog: bool,
+}
+
+impl Cursor {
+    /// The next verifying pass may run now.
+    pub fn force_verify(&mut self) {
+        self.last_verify = None;
+        self.backlog = false;
+    }
 }
 
 /// What a pass did.
@@ -72,7 +83,9 @@ pub async fn pass(
 ) -> Result<Pass, StoreError> {
     let (watermark, max_id) = store.report_position().await?;
     let verify = cursor.resume.is_none()
-        || (may_verify && cursor.last_verify.is_none_or(|t| t.elapsed() >= VERIFY));
+        || (may_verify
+            && !cursor.backlog
+            && cursor.last_verify.is_none_or(|t| t.elapsed() >= VERIFY));
     let started = Instant::now();
     let mut after = if verify {
         watermark
@@ -96,6 +109,7 @@ pub async fn pass(
             break false;
         }
     };
+    cursor.backlog = !caught_up;
     // Everything up to `max_id` was read (or, not caught up, up to `after`).
     let read_to = if caught_up { max_id.max(after) } else { after };
     cursor.resume = Some(cursor.resume.unwrap_or(0).max(read_to));
@@ -128,7 +142,11 @@ pub async fn pass(
     Ok(Pass {
         projected,
         caught_up,
-        remaining: if caught_up { 0 } else { (max_id - after).max(0) },
+        remaining: if caught_up {
+            0
+        } else {
+            (max_id - after).max(0)
+        },
     })
 }
 
@@ -145,32 +163,51 @@ async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projectio
         let day = f.day.to_string();
         let dims = f.dims();
         let dims_json = serde_json::to_string(&dims).unwrap_or_else(|_| "[]".into());
-        let mut add = |dims: &[Dim], day: &str, currency: &str, counters: &dyn Fn(i64) -> Counters| {
-            for d in dims {
-                let key = DailyKey {
-                    dim: d.dim.clone(),
-                    day: day.to_owned(),
-                    account: account.clone(),
-                    currency: currency.to_owned(),
-                    value: d.value.clone(),
-                };
-                let entry = daily.entry(key).or_default();
-                entry.0.add(&counters(d.micros));
-                entry.1.clone_from(&d.label);
-            }
-        };
+        let mut add =
+            |dims: &[Dim], day: &str, currency: &str, counters: &dyn Fn(i64) -> Counters| {
+                for d in dims {
+                    let key = DailyKey {
+                        dim: d.dim.clone(),
+                        day: day.to_owned(),
+                        account: account.clone(),
+                        currency: currency.to_owned(),
+                        value: d.value.clone(),
+                    };
+                    let entry = daily.entry(key).or_default();
+                    entry.0.add(&counters(d.micros));
+                    entry.1.clone_from(&d.label);
+                }
+            };
         let kind = f.kind;
         let own = |micros: i64| match kind {
-            Kind::Sale => Counters { sales: 1, gross_micros: micros, ..Counters::default() },
-            Kind::Rebill => Counters { rebills: 1, gross_micros: micros, ..Counters::default() },
-            Kind::Refund => Counters { refunds: 1, refund_micros: micros.abs(), ..Counters::default() },
+            Kind::Sale => Counters {
+                sales: 1,
+                gross_micros: micros,
+                ..Counters::default()
+            },
+            Kind::Rebill => Counters {
+                rebills: 1,
+                gross_micros: micros,
+                ..Counters::default()
+            },
+            Kind::Refund => Counters {
+                refunds: 1,
+                refund_micros: micros.abs(),
+                ..Counters::default()
+            },
             Kind::Chargeback => Counters {
                 chargebacks: 1,
                 chargeback_micros: micros.abs(),
                 ..Counters::default()
             },
-            Kind::Cancel => Counters { cancels: 1, ..Counters::default() },
-            Kind::Uncancel => Counters { uncancels: 1, ..Counters::default() },
+            Kind::Cancel => Counters {
+                cancels: 1,
+                ..Counters::default()
+            },
+            Kind::Uncancel => Counters {
+                uncancels: 1,
+                ..Counters::default()
+            },
             Kind::Test | Kind::Other => Counters::default(),
         };
         if !matches!(kind, Kind::Test | Kind::Other) {
@@ -179,7 +216,11 @@ async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projectio
         if kind.is_order() {
             sales.insert(
                 (account.clone(), receipt.clone()),
-                SaleFacts { day: day.clone(), currency: f.currency.clone(), dims: dims_json.clone() },
+                SaleFacts {
+                    day: day.clone(),
+                    currency: f.currency.clone(),
+                    dims: dims_json.clone(),
+                },
             );
         }
         if kind.is_reversal() {
@@ -190,8 +231,14 @@ async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projectio
             if let Some(sale) = sale {
                 let sale_dims: Vec<Dim> = serde_json::from_str(&sale.dims).unwrap_or_default();
                 let cohort = |_| match kind {
-                    Kind::Refund => Counters { cohort_refunds: 1, ..Counters::default() },
-                    _ => Counters { cohort_chargebacks: 1, ..Counters::default() },
+                    Kind::Refund => Counters {
+                        cohort_refunds: 1,
+                        ..Counters::default()
+                    },
+                    _ => Counters {
+                        cohort_chargebacks: 1,
+                        ..Counters::default()
+                    },
                 };
                 add(&sale_dims, &sale.day, &sale.currency, &cohort);
             }

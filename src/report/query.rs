@@ -168,7 +168,10 @@ pub async fn summary(store: &Store, scope: &Scope) -> Result<Summary, StoreError
     let mut by_day: BTreeMap<String, (Counters, BTreeMap<String, i64>)> = BTreeMap::new();
     let mut all = Counters::default();
     for r in &rows {
-        by_currency.entry(r.currency.clone()).or_default().add(&r.counters);
+        by_currency
+            .entry(r.currency.clone())
+            .or_default()
+            .add(&r.counters);
         let day = by_day.entry(r.key.clone()).or_default();
         day.0.add(&r.counters);
         *day.1.entry(r.currency.clone()).or_default() += net_micros(&r.counters);
@@ -183,7 +186,10 @@ pub async fn summary(store: &Store, scope: &Scope) -> Result<Summary, StoreError
         let orders = c.sales + c.rebills;
         daily.push(Day {
             day: d,
-            net: net.iter().map(|(k, v)| (k.clone(), money_text(*v))).collect(),
+            net: net
+                .iter()
+                .map(|(k, v)| (k.clone(), money_text(*v)))
+                .collect(),
             net_micros: net,
             orders,
             refunds: c.refunds,
@@ -223,7 +229,15 @@ pub struct Row {
 }
 
 /// A breakdown's sort keys.
-pub const SORTS: [&str; 7] = ["value", "sales", "orders", "net", "refunds", "refund_rate", "aov"];
+pub const SORTS: [&str; 7] = [
+    "value",
+    "sales",
+    "orders",
+    "net",
+    "refunds",
+    "refund_rate",
+    "aov",
+];
 
 pub async fn breakdown(
     store: &Store,
@@ -242,14 +256,22 @@ pub async fn breakdown(
             let c = r.counters;
             let orders = c.sales + c.rebills;
             Row {
-                label: if r.label.is_empty() { r.key.clone() } else { r.label },
+                label: if r.label.is_empty() {
+                    r.key.clone()
+                } else {
+                    r.label
+                },
                 value: r.key,
                 money: Money::of(&r.currency, &c),
                 currency: r.currency,
                 counts: Counts::of(&c),
                 refund_rate: rates(&c, immature),
                 net_micros: net_micros(&c),
-                aov_micros: if orders > 0 { c.gross_micros / orders } else { 0 },
+                aov_micros: if orders > 0 {
+                    c.gross_micros / orders
+                } else {
+                    0
+                },
             }
         })
         .collect();
@@ -271,7 +293,11 @@ pub async fn breakdown(
             let (ka, kb) = (key(a), key(b));
             ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
         };
-        if descending { o.reverse() } else { o }
+        if descending {
+            o.reverse()
+        } else {
+            o
+        }
     });
     Ok(out)
 }
@@ -323,15 +349,11 @@ pub struct Subscriptions {
     pub cohorts: Vec<Cohort>,
 }
 
+/// One month of first sales of one product, and how its subscriptions fared.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cohort {
-    pub month: String,
-    pub item_no: String,
-    pub title: String,
-    pub started: i64,
-    pub active: i64,
-    pub cancelled: i64,
-    pub refunded: i64,
+    #[serde(flatten)]
+    pub row: CohortRow,
     /// Share of the month's subscriptions with at least 1, 2, 3 and 6 rebills.
     pub retention: [Option<f64>; 4],
 }
@@ -341,7 +363,9 @@ pub async fn subscriptions(store: &Store, scope: &Scope) -> Result<Subscriptions
     let products = breakdown(store, scope, "product", None, "value", false)
         .await?
         .into_iter()
-        .filter(|r| r.counts.rebills > 0 || r.counts.cancellations > 0 || r.counts.uncancellations > 0)
+        .filter(|r| {
+            r.counts.rebills > 0 || r.counts.cancellations > 0 || r.counts.uncancellations > 0
+        })
         .collect();
     let share = |n: i64, of: i64| (of > 0).then(|| n as f64 / of as f64);
     Ok(Subscriptions {
@@ -356,13 +380,7 @@ pub async fn subscriptions(store: &Store, scope: &Scope) -> Result<Subscriptions
                     share(c.rebilled3, c.started),
                     share(c.rebilled6, c.started),
                 ],
-                month: c.month,
-                item_no: c.item_no,
-                title: c.title,
-                started: c.started,
-                active: c.active,
-                cancelled: c.cancelled,
-                refunded: c.refunded,
+                row: c,
             })
             .collect(),
     })

@@ -27,7 +27,13 @@ pub struct Rate {
 pub fn wilson(events: u64, trials: u64) -> Rate {
     let events = events.min(trials);
     if trials == 0 {
-        return Rate { events, trials, rate: None, low: None, high: None };
+        return Rate {
+            events,
+            trials,
+            rate: None,
+            low: None,
+            high: None,
+        };
     }
     let (k, n) = (events as f64, trials as f64);
     let p = k / n;
@@ -65,7 +71,13 @@ pub fn fisher_exact(a: u64, b: u64, c: u64, d: u64) -> f64 {
     let mode = mode.clamp(lo, hi);
     let term = |x: u64| -> Option<f64> {
         let l = lp(x);
-        (l + constant > -750.0).then(|| if l <= cutoff { (l + constant).exp() } else { 0.0 })
+        (l + constant > -750.0).then(|| {
+            if l <= cutoff {
+                (l + constant).exp()
+            } else {
+                0.0
+            }
+        })
     };
     let up: f64 = (mode..=hi).map_while(term).sum();
     let down: f64 = (lo..mode).rev().map_while(term).sum();
@@ -88,8 +100,11 @@ pub struct ChiSquare {
 /// correction). Groups with `trials == 0` are ignored; `None` when fewer than 2 groups remain
 /// or the pooled rate is 0 or 1.
 pub fn chi_square(groups: &[(u64, u64)]) -> Option<ChiSquare> {
-    let used: Vec<(f64, f64)> =
-        groups.iter().filter(|&&(_, n)| n > 0).map(|&(e, n)| (e.min(n) as f64, n as f64)).collect();
+    let used: Vec<(f64, f64)> = groups
+        .iter()
+        .filter(|&&(_, n)| n > 0)
+        .map(|&(e, n)| (e.min(n) as f64, n as f64))
+        .collect();
     if used.len() < 2 {
         return None;
     }
@@ -99,11 +114,17 @@ pub fn chi_square(groups: &[(u64, u64)]) -> Option<ChiSquare> {
     if pooled <= 0.0 || pooled >= 1.0 {
         return None;
     }
-    let statistic: f64 =
-        used.iter().map(|&(e, n)| (e - n * pooled).powi(2) / (n * pooled * (1.0 - pooled))).sum();
+    let statistic: f64 = used
+        .iter()
+        .map(|&(e, n)| (e - n * pooled).powi(2) / (n * pooled * (1.0 - pooled)))
+        .sum();
     let df = used.len() as u64 - 1;
     let p_value = ChiSquared::new(df as f64).ok()?.sf(statistic);
-    Some(ChiSquare { statistic, df, p_value })
+    Some(ChiSquare {
+        statistic,
+        df,
+        p_value,
+    })
 }
 
 /// Outcome of comparing refund rates between groups.
@@ -132,8 +153,11 @@ fn fmt_p(p: f64) -> String {
 /// two groups, chi-square for more. Groups with no sales are ignored. When p < 0.05 the
 /// summary names the group with the lowest rate as better; otherwise it is a neutral note.
 pub fn compare(groups: &[(&str, u64, u64)]) -> Comparison {
-    let used: Vec<(&str, u64, u64)> =
-        groups.iter().filter(|g| g.2 > 0).map(|&(l, e, n)| (l, e.min(n), n)).collect();
+    let used: Vec<(&str, u64, u64)> = groups
+        .iter()
+        .filter(|g| g.2 > 0)
+        .map(|&(l, e, n)| (l, e.min(n), n))
+        .collect();
     let none = |summary: &str| Comparison {
         test: "none",
         p_value: None,
@@ -142,9 +166,10 @@ pub fn compare(groups: &[(&str, u64, u64)]) -> Comparison {
     };
     let (test, p) = match used.as_slice() {
         [] | [_] => return none("not enough data: need at least two groups with sales"),
-        [(_, e1, n1), (_, e2, n2)] => {
-            ("Fisher's exact test", fisher_exact(*e1, n1 - e1, *e2, n2 - e2))
-        }
+        [(_, e1, n1), (_, e2, n2)] => (
+            "Fisher's exact test",
+            fisher_exact(*e1, n1 - e1, *e2, n2 - e2),
+        ),
         _ => {
             let counts: Vec<(u64, u64)> = used.iter().map(|g| (g.1, g.2)).collect();
             match chi_square(&counts) {
@@ -163,12 +188,22 @@ pub fn compare(groups: &[(&str, u64, u64)]) -> Comparison {
     let summary = match (significant, best, used.as_slice()) {
         (true, Some(b), [x, y]) => {
             let other = if std::ptr::eq(b, x) { y } else { x };
-            format!("{} has a lower refund rate than {} ({test}, {})", b.0, other.0, fmt_p(p))
+            format!(
+                "{} has a lower refund rate than {} ({test}, {})",
+                b.0,
+                other.0,
+                fmt_p(p)
+            )
         }
         (true, Some(b), _) => format!("{} has the lowest refund rate ({test}, {})", b.0, fmt_p(p)),
         _ => format!("no significant difference ({test}, {})", fmt_p(p)),
     };
-    Comparison { test, p_value: Some(p), significant, summary }
+    Comparison {
+        test,
+        p_value: Some(p),
+        significant,
+        summary,
+    }
 }
 
 #[cfg(test)]
@@ -199,10 +234,26 @@ mod tests {
     #[test]
     fn fisher_matches_r_and_scipy() {
         // R: fisher.test(matrix(c(3,1,1,3),2)) and matrix(c(10,2,3,15),2); scipy 1.17.1.
-        assert!(close(fisher_exact(3, 1, 1, 3), 0.485_714_285_714_285_65, 1e-9));
-        assert!(close(fisher_exact(10, 3, 2, 15), 0.000_536_724_119_143_435_7, 1e-9));
-        assert!(close(fisher_exact(12, 88, 30, 70), 0.002_866_560_763_284_443, 1e-9));
-        assert!(close(fisher_exact(0, 5, 5, 0), 0.007_936_507_936_507_938, 1e-9));
+        assert!(close(
+            fisher_exact(3, 1, 1, 3),
+            0.485_714_285_714_285_65,
+            1e-9
+        ));
+        assert!(close(
+            fisher_exact(10, 3, 2, 15),
+            0.000_536_724_119_143_435_7,
+            1e-9
+        ));
+        assert!(close(
+            fisher_exact(12, 88, 30, 70),
+            0.002_866_560_763_284_443,
+            1e-9
+        ));
+        assert!(close(
+            fisher_exact(0, 5, 5, 0),
+            0.007_936_507_936_507_938,
+            1e-9
+        ));
         assert!(close(fisher_exact(0, 0, 3, 4), 1.0, 1e-12));
     }
 
@@ -212,7 +263,11 @@ mod tests {
         let p = fisher_exact(50_000, 50_000, 50_500, 49_500);
         let ms = t.elapsed().as_millis();
         assert!(close(p, 0.025_639_596_625_392_31, 1e-6), "p = {p}");
-        assert!(close(fisher_exact(2000, 98_000, 2150, 97_850), 0.019_412_880_280_080_678, 1e-6));
+        assert!(close(
+            fisher_exact(2000, 98_000, 2150, 97_850),
+            0.019_412_880_280_080_678,
+            1e-6
+        ));
         assert!(ms < 50, "took {ms} ms");
     }
 
@@ -236,10 +291,16 @@ mod tests {
             "TID spring has a lower refund rate than TID fall (Fisher's exact test, p = 0.003)"
         );
         let c = compare(&[("A", 3, 4), ("B", 1, 4)]);
-        assert_eq!(c.summary, "no significant difference (Fisher's exact test, p = 0.486)");
+        assert_eq!(
+            c.summary,
+            "no significant difference (Fisher's exact test, p = 0.486)"
+        );
         let c = compare(&[("A", 12, 100), ("B", 30, 100), ("C", 20, 120)]);
         assert_eq!(c.test, "chi-square test");
-        assert_eq!(c.summary, "A has the lowest refund rate (chi-square test, p = 0.004)");
+        assert_eq!(
+            c.summary,
+            "A has the lowest refund rate (chi-square test, p = 0.004)"
+        );
         assert_eq!(compare(&[("A", 1, 10)]).p_value, None);
     }
 }

@@ -31,13 +31,13 @@ use crate::config::DatabaseSettings;
 use crate::ins::{AccountName, BodyForm, Notification, Receipt, Role, TransactionType};
 
 pub use self::postgres::PgStore;
-pub use self::runs::{
-    ActionRef, AlertSubject, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus,
-    RunSubject,
-};
 pub use self::report::{
     CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
     SaleFacts, SubscriptionChange, SumQuery, SumRow,
+};
+pub use self::runs::{
+    ActionRef, AlertSubject, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus,
+    RunSubject,
 };
 pub use self::sqlite::SqliteStore;
 pub use self::writer::Writer;

@@ -7,7 +7,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{on_pool, relaxed_tx, text, NotificationRow, Store, StoreError, StoredNotification, NOTIFICATION_SELECT};
+use super::{
+    on_pool, relaxed_tx, text, NotificationRow, Store, StoreError, StoredNotification,
+    NOTIFICATION_SELECT,
+};
 
 /// Daily sums' counters, in the column order of `report_daily`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -111,10 +114,25 @@ pub enum SubscriptionChange {
         currency: String,
         day: String,
     },
-    Rebill { account: String, receipt: String, day: String },
-    Cancel { account: String, receipt: String, day: String },
-    Uncancel { account: String, receipt: String },
-    Refund { account: String, receipt: String, day: String },
+    Rebill {
+        account: String,
+        receipt: String,
+        day: String,
+    },
+    Cancel {
+        account: String,
+        receipt: String,
+        day: String,
+    },
+    Uncancel {
+        account: String,
+        receipt: String,
+    },
+    Refund {
+        account: String,
+        receipt: String,
+        day: String,
+    },
 }
 
 /// Everything one projector pass writes.
@@ -282,7 +300,10 @@ impl Store {
         let (group, select) = if q.by_day {
             ("day, currency", "day AS key, currency, '' AS label")
         } else {
-            ("value, currency", "value AS key, currency, MAX(label) AS label")
+            (
+                "value, currency",
+                "value AS key, currency, MAX(label) AS label",
+            )
         };
         let sql = format!(
             "SELECT {select}, {} FROM report_daily \
@@ -334,40 +355,94 @@ impl Store {
         .await?))
     }
 
-    /// Notifications, newest first, filtered; `before_id` pages.
+    /// Notifications, newest first, filtered; `before_id` pages. The SQL
+    /// holds only the filters given, so that each backend's planner can use
+    /// the index that fits (receipt, sale receipt, day); a short range is
+    /// read through the day index and sorted, a long one by id.
     pub async fn find_notifications(
         &self,
         f: &NotificationFilter<'_>,
     ) -> Result<Vec<ListedNotification>, StoreError> {
-        let dim_like = f.dim.map(|(dim, value)| {
+        let mut binds: Vec<String> = Vec::new();
+        let mut bind = |v: String| {
+            binds.push(v);
+            format!("${}", binds.len())
+        };
+        let mut cond: Vec<String> = Vec::new();
+        if let Some(r) = f.receipt {
+            let (a, b) = (bind(r.to_owned()), bind(r.to_owned()));
+            cond.push(format!("(f.receipt = {a} OR f.sale_receipt = {b})"));
+        }
+        if let Some(k) = f.kind {
+            cond.push(format!("n.transaction_type = {}", bind(k.to_owned())));
+        }
+        if let Some(a) = f.account {
+            cond.push(format!("n.account = {}", bind(a.to_owned())));
+        }
+        if let Some(from) = &f.from {
+            cond.push(format!("f.day >= {}", bind(from.clone())));
+        }
+        if let Some(to) = &f.to {
+            cond.push(format!("f.day <= {}", bind(to.clone())));
+        }
+        if let Some((dim, value)) = f.dim {
             let needle = serde_json::json!({ "dim": dim, "value": value }).to_string();
             // `{"dim":"tid","value":"x"}` appears in `dims` as `{"dim":"tid","value":"x",…`.
-            let needle = needle.trim_end_matches('}');
-            format!("%{},%", like_escape(needle))
+            let needle = format!("%{},%", like_escape(needle.trim_end_matches('}')));
+            cond.push(format!("f.dims LIKE {} ESCAPE '\\'", bind(needle)));
+        }
+        let short_range = match (&f.from, &f.to) {
+            (Some(a), Some(b)) => days_between(a, b).is_some_and(|d| d <= 92),
+            _ => false,
+        };
+        let before = f.before_id.map(|id| {
+            cond.push(format!("f.notification_id < ${}", binds.len() + 1));
+            id
         });
-        let sql = "SELECT n.id, n.account, n.receipt, n.transaction_type, n.transaction_time, \
+        let filtered = !cond.is_empty();
+        let mut sql = String::from(
+            "SELECT n.id, n.account, n.receipt, n.transaction_type, n.transaction_time, \
                 n.affiliate, CAST(n.total_account_amount AS TEXT) AS amount, n.currency, n.duplicates, \
-                f.dims AS dims \
-             FROM notifications n LEFT JOIN report_facts f ON f.notification_id = n.id \
-             WHERE ($1 IS NULL OR n.receipt = $1 OR f.sale_receipt = $1) \
-               AND ($2 IS NULL OR n.transaction_type = $2) \
-               AND ($3 IS NULL OR n.account = $3) \
-               AND ($4 IS NULL OR f.day >= $4) AND ($5 IS NULL OR f.day <= $5) \
-               AND ($6 IS NULL OR f.dims LIKE $6 ESCAPE '\\') \
-               AND ($7 IS NULL OR n.id < $7) \
-             ORDER BY n.id DESC LIMIT $8";
-        on_pool!(self, pool => Ok(sqlx::query_as(sql)
-            .bind(f.receipt)
-            .bind(f.kind)
-            .bind(f.account)
-            .bind(f.from.as_deref())
-            .bind(f.to.as_deref())
-            .bind(dim_like)
-            .bind(f.before_id)
-            .bind(f.limit)
-            .fetch_all(pool)
-            .await?))
+                f.dims AS dims ",
+        );
+        // Filtered: only projected notifications can match (a read projects first).
+        sql += if filtered {
+            "FROM report_facts f JOIN notifications n ON n.id = f.notification_id"
+        } else {
+            "FROM notifications n LEFT JOIN report_facts f ON f.notification_id = n.id"
+        };
+        if filtered {
+            sql += " WHERE ";
+            sql += &cond.join(" AND ");
+        }
+        // `+` keeps SQLite from walking the id index backwards past every
+        // notification outside a short range (Postgres plans by statistics).
+        let order = if short_range {
+            "+f.notification_id"
+        } else if filtered {
+            "f.notification_id"
+        } else {
+            "n.id"
+        };
+        let limit_at = binds.len() + usize::from(before.is_some()) + 1;
+        sql += &format!(" ORDER BY {order} DESC LIMIT ${limit_at}");
+        on_pool!(self, pool => {
+            let mut q = sqlx::query_as(&sql);
+            for b in &binds {
+                q = q.bind(text(b).into_owned());
+            }
+            if let Some(id) = before {
+                q = q.bind(id);
+            }
+            Ok(q.bind(f.limit).fetch_all(pool).await?)
+        })
     }
+}
+
+/// Days from `a` to `b` (`YYYY-MM-DD`).
+fn days_between(a: &str, b: &str) -> Option<i64> {
+    let d = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+    Some((d(b)? - d(a)?).num_days())
 }
 
 /// What [`Store::daily_sums`] sums.
@@ -391,7 +466,7 @@ pub struct SumRow {
     pub counters: Counters,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct CohortRow {
     pub month: String,
     pub item_no: String,
@@ -438,7 +513,9 @@ pub struct ListedNotification {
 }
 
 fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// `($1, $2, …), (…)` for `rows` rows of `cols` parameters.
@@ -463,7 +540,9 @@ fn daily_upsert_sql(rows: usize) -> String {
         COUNTERS.join(", ")
     );
     push_placeholders(&mut sql, rows, 6 + COUNTERS.len());
-    sql.push_str(" ON CONFLICT (dim, day, account, currency, value) DO UPDATE SET label = excluded.label");
+    sql.push_str(
+        " ON CONFLICT (dim, day, account, currency, value) DO UPDATE SET label = excluded.label",
+    );
     for c in COUNTERS {
         sql.push_str(&format!(", {c} = report_daily.{c} + excluded.{c}"));
     }

@@ -27,7 +27,11 @@ struct Driver {
 
 impl Driver {
     async fn start() -> Driver {
-        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -37,12 +41,21 @@ impl Driver {
             .spawn()
             .expect("start chromedriver");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // fantoccini joins paths onto this URL: it must end with a slash.
-        Driver { child, url: format!("http://127.0.0.1:{port}/") }
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+        }
     }
 }
 
@@ -94,7 +107,10 @@ impl WebDriverCompatibleCommand for GetLog {
         base.join(&format!("session/{}/se/log", sid.unwrap_or_default()))
     }
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(json!({ "type": "browser" }).to_string()))
+        (
+            http::Method::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
     }
 }
 
@@ -116,12 +132,21 @@ impl Browser {
             .connect(&driver.url)
             .await
             .expect("a WebDriver session");
-        Some(Browser { client, _driver: driver, _profile: profile })
+        Some(Browser {
+            client,
+            _driver: driver,
+            _profile: profile,
+        })
     }
 
     /// The console's error lines since the last call (reading empties it).
     pub async fn console_errors(&self) -> Vec<String> {
-        match self.client.issue_cmd(GetLog).await.expect("the browser log") {
+        match self
+            .client
+            .issue_cmd(GetLog)
+            .await
+            .expect("the browser log")
+        {
             Value::Array(entries) => entries
                 .into_iter()
                 .filter(|e| e["level"] == "SEVERE" || e["level"] == "WARNING")

@@ -167,7 +167,11 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch(backend: Backend) 
         .record_batch(&[row(&plaintext("FINE9999", "SALE", t, 1)), row(&poisoned)])
         .await;
     assert!(together.is_err());
-    assert!(store.recent_notifications(10, None).await.unwrap().is_empty());
+    assert!(store
+        .recent_notifications(10, None)
+        .await
+        .unwrap()
+        .is_empty());
     // ...so the writer retries a failed batch row by row.
     let mut calls = Vec::new();
     for i in 0..50 {
@@ -182,7 +186,10 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch(backend: Backend) 
     }
     let results: Vec<_> = futures_join(calls).await;
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
-    assert_eq!(store.recent_notifications(100, None).await.unwrap().len(), 49);
+    assert_eq!(
+        store.recent_notifications(100, None).await.unwrap().len(),
+        49
+    );
     // The store still takes commits after the refusal.
     let after = store
         .record(row(&plaintext("AFTER001", "SALE", t, 1)))
@@ -288,7 +295,10 @@ async fn a_stored_value_that_no_longer_parses_is_an_error_naming_its_column(back
             Err(StoreError::BadValue { column: c, .. }) => assert_eq!(c, column),
             other => panic!("{column}: {other:?}"),
         }
-        assert!(store.recent_notifications(10, None).await.is_err(), "{column}");
+        assert!(
+            store.recent_notifications(10, None).await.is_err(),
+            "{column}"
+        );
         exec(&store, &set(good)).await;
         assert!(store.notification(id).await.unwrap().is_some(), "{column}");
     }

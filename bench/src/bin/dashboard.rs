@@ -29,7 +29,10 @@ const KEY: &str = "BENCHKEY00000001";
 const CHUNK_DAYS: u32 = 30;
 
 #[derive(Debug, Parser)]
-#[command(name = "dashboard-bench", about = "Dashboard page timings over a large store")]
+#[command(
+    name = "dashboard-bench",
+    about = "Dashboard page timings over a large store"
+)]
 struct Args {
     /// sqlite://PATH or postgres://…/DB (the database must exist for Postgres).
     #[arg(long)]
@@ -65,7 +68,10 @@ fn settings(url: &str) -> Settings {
 fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Duration, usize)> {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
     let text = String::from_utf8_lossy(&body);
@@ -89,12 +95,14 @@ async fn main() -> anyhow::Result<()> {
     // daily volume that reaches the target over --days.
     if stored < args.notifications {
         let missing = args.notifications - stored;
-        // The demo sends about 1.16 notifications per sale.
-        let per_day = missing as f64 / f64::from(args.days) / 1.16;
+        // The demo sends about 1.1 notifications per sale over 30 days.
+        let per_day = missing as f64 / f64::from(args.days) / 1.1;
         let started = Instant::now();
         let mut written = 0;
-        let chunks = args.days.div_ceil(CHUNK_DAYS);
-        for k in 0..chunks {
+        let mut k = 0;
+        // Chunks back from today (the first runs' seeds), then further back
+        // until the target is reached.
+        while stored + (written as i64) < args.notifications {
             let end = Utc::now() - chrono::Duration::days(i64::from(k * CHUNK_DAYS));
             let summary = kaching::demo::run(
                 settings(&args.database_url),
@@ -107,9 +115,10 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             written += summary.stored;
+            k += 1;
             println!(
-                "fill: chunk {}/{chunks}: {} stored ({:.0}/s overall)",
-                k + 1,
+                "fill: chunk {k} (to {}): {} stored ({:.0}/s overall)",
+                end.date_naive(),
                 summary.stored,
                 written as f64 / started.elapsed().as_secs_f64()
             );
@@ -120,14 +129,7 @@ async fn main() -> anyhow::Result<()> {
     // Backfill the reports, timed.
     let reports = kaching::report::Reports::new(store.clone());
     let started = Instant::now();
-    let mut projected = 0;
-    loop {
-        let pass = reports.catch_up().await?;
-        projected += pass.projected;
-        if pass.caught_up {
-            break;
-        }
-    }
+    let projected = reports.backfill().await?;
     let took = started.elapsed();
     println!(
         "backfill: {projected} notifications counted in {:.1} s ({:.0}/s); {stored} stored",
@@ -141,7 +143,9 @@ async fn main() -> anyhow::Result<()> {
     let app = App::build(&s).await?;
     let listener = tokio::net::TcpListener::bind(s.server.listen).await?;
     let ins = listener.local_addr()?;
-    let admin_listener = kaching::app::bind_admin(&s).await?.context("the admin listener")?;
+    let admin_listener = kaching::app::bind_admin(&s)
+        .await?
+        .context("the admin listener")?;
     let admin = admin_listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.serve(listener, Some(admin_listener), async move {
@@ -164,7 +168,10 @@ async fn main() -> anyhow::Result<()> {
         "/api/v1/tracking?by=campaign&range=30d",
         "/api/v1/tracking?by=tid&range=30d&format=csv",
     ];
-    println!("{:<58} {:>8} {:>8} {:>9}", "page (30 days)", "median", "max", "bytes");
+    println!(
+        "{:<58} {:>8} {:>8} {:>9}",
+        "page (30 days)", "median", "max", "bytes"
+    );
     let mut worst = Duration::ZERO;
     for path in paths {
         let mut times = Vec::new();
@@ -207,7 +214,10 @@ async fn main() -> anyhow::Result<()> {
 /// Opens `/events`, posts one sale, and times the 200 to its event.
 fn live_lag(admin: SocketAddr, ins: SocketAddr, i: u32) -> anyhow::Result<Duration> {
     let mut events = TcpStream::connect(admin)?;
-    write!(events, "GET /events HTTP/1.1\r\nHost: {admin}\r\nAccept: text/event-stream\r\n\r\n")?;
+    write!(
+        events,
+        "GET /events HTTP/1.1\r\nHost: {admin}\r\nAccept: text/event-stream\r\n\r\n"
+    )?;
     events.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(events.try_clone()?);
     let mut line = String::new();
@@ -230,7 +240,10 @@ fn live_lag(admin: SocketAddr, ins: SocketAddr, i: u32) -> anyhow::Result<Durati
     let mut answer = String::new();
     post.read_to_string(&mut answer)?;
     let acked = Instant::now();
-    anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "the post was not acknowledged: {answer}");
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the post was not acknowledged: {answer}"
+    );
     loop {
         line.clear();
         anyhow::ensure!(reader.read_line(&mut line)? > 0, "the event stream ended");
