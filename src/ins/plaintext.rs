@@ -4,7 +4,7 @@
 //! Only the fields the daemon stores are looked at; unknown fields are ignored, never
 //! rejected. Numbers are read from their text ([`RawValue`]) so money stays exact.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Timelike, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -177,6 +177,12 @@ fn attempt_count(raw: Option<&RawValue>) -> Result<i32, Reject> {
 /// and `+0000`-style offsets on the dashed form. A time without an offset is ambiguous
 /// and rejected.
 pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    // Both stores keep microseconds: a finer time would not match itself
+    // when read back (Postgres rounds it), so it is cut here, once.
+    parse_time_exact(s).and_then(|t| t.with_nanosecond(t.nanosecond() / 1000 * 1000))
+}
+
+fn parse_time_exact(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }

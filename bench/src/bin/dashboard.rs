@@ -87,6 +87,7 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Duration, usize)> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut s = settings(&args.database_url);
+    kaching::telemetry::init(&s.log);
     let store = kaching::app::open_store(&s, true).await?;
     let stored: i64 = store.report_position().await?.1;
     println!("backend {}: {stored} notifications stored", store.backend());
