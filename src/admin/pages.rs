@@ -471,12 +471,8 @@ async fn retry(
     Extension(viewer): Extension<Viewer>,
     Form(f): Form<RetryForm>,
 ) -> Response {
-    if !csrf_ok(&state, &viewer, &f.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "bad or missing CSRF token; reload the page\n",
-        )
-            .into_response();
+    if let Some(refused) = csrf_refusal(&state, &viewer, &f.csrf) {
+        return refused;
     }
     let now = Utc::now();
     match state.store.retry_runs(&[f.id], now).await {
@@ -494,14 +490,20 @@ async fn retry(
     }
 }
 
-fn csrf_ok(state: &AdminState, viewer: &Viewer, given: &str) -> bool {
-    if !viewer.person {
-        return false;
-    }
-    match &viewer.session {
-        Some(s) => state.auth.csrf_ok(s, given),
-        None => state.auth.open() && given == state.auth.open_csrf(),
-    }
+/// The 403 for a form whose CSRF token is not the viewer's; `None` when it is.
+fn csrf_refusal(state: &AdminState, viewer: &Viewer, given: &str) -> Option<Response> {
+    let ok = viewer.person
+        && match &viewer.session {
+            Some(s) => state.auth.csrf_ok(s, given),
+            None => state.auth.open() && given == state.auth.open_csrf(),
+        };
+    (!ok).then(|| {
+        (
+            StatusCode::FORBIDDEN,
+            "bad or missing CSRF token; reload the page\n",
+        )
+            .into_response()
+    })
 }
 
 async fn rejected(
@@ -539,12 +541,8 @@ async fn reprocess(
     Extension(viewer): Extension<Viewer>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&state, &viewer, &f.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "bad or missing CSRF token; reload the page\n",
-        )
-            .into_response();
+    if let Some(refused) = csrf_refusal(&state, &viewer, &f.csrf) {
+        return refused;
     }
     match crate::rejected::reprocess_with(state.live.clone(), &state.store).await {
         Ok(r) => {
