@@ -28,6 +28,10 @@ const FD_RESERVE: u64 = 64;
 /// Closing an idle connection takes a poll, so 64 is never reached unless
 /// the accept loop outruns the runtime.
 const CLOSING_HEADROOM: usize = 64;
+/// Past `CLOSING_HEADROOM`, an address with no connection open is still let
+/// in from a reserve of its own: a flood that outruns the closing of its own
+/// evicted connections must not shut out ClickBank, which opens one at a time.
+const NEWCOMER_RESERVE: usize = 32;
 /// Descriptors one action execution may hold: a webhook's socket, or a
 /// command's stdin, stdout and stderr pipes.
 const FDS_PER_ACTION_SLOT: u64 = 3;
@@ -68,7 +72,7 @@ pub fn caps(settings: &Settings) -> Caps {
         .map(|a| u64::from(a.concurrency))
         .sum();
     let reserve = FD_RESERVE
-        + CLOSING_HEADROOM as u64
+        + (CLOSING_HEADROOM + NEWCOMER_RESERVE) as u64
         + u64::from(settings.database.max_connections)
         + actions * FDS_PER_ACTION_SLOT;
     let configured = settings.server.max_connections;
@@ -302,7 +306,10 @@ impl Limits {
     /// first when a cap is reached; `None` when it must be refused.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Registration> {
         let mut reg = self.lock();
-        if reg.live + reg.closing >= self.caps.total + CLOSING_HEADROOM {
+        let open = reg.live + reg.closing;
+        let newcomer = reg.count(ip) == 0;
+        let headroom = CLOSING_HEADROOM + if newcomer { NEWCOMER_RESERVE } else { 0 };
+        if open >= self.caps.total + headroom {
             drop(reg);
             self.refuse(ip, Cap::Closing);
             return None;
@@ -486,6 +493,29 @@ mod tests {
                 .is_err()
         );
         assert_eq!(l.open(), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn while_evicted_connections_linger_a_new_address_still_gets_in() {
+        let l = limits(2, 1000, &[]);
+        let mut flood = Vec::new();
+        // Each admission past the cap evicts one; the evicted ones never end,
+        // as when the runtime is too busy to close them.
+        while let Some(r) = l.admit(ip("10.0.0.1")) {
+            flood.push(r);
+        }
+        assert_eq!(l.open(), (2, CLOSING_HEADROOM));
+        // The flooding address is refused; one that holds nothing is not.
+        assert!(l.admit(ip("10.0.0.1")).is_none());
+        let clickbank = l.admit(ip("10.0.0.9")).expect("a newcomer gets in");
+        assert!(l.admit(ip("10.0.0.9")).is_none(), "but only its first");
+        drop(clickbank);
+        // The reserve is bounded: newcomers are refused once it is used up.
+        let newcomers: Vec<_> = (1..=255u8)
+            .filter_map(|d| l.admit(IpAddr::from([10, 0, 1, d])))
+            .collect();
+        assert!(newcomers.len() <= NEWCOMER_RESERVE);
+        assert!(l.admit(ip("10.0.2.1")).is_none());
     }
 
     #[tokio::test]

@@ -362,6 +362,11 @@ async fn under_pressure(targets: &[Target<'_>]) {
         );
         assert!(results.len() >= 100, "{}: too few posts", t.tag);
         let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
+        if !failed.is_empty() {
+            for line in log.lines().filter(|l| l.contains("connection limit")) {
+                loud(line);
+            }
+        }
         assert!(
             failed.is_empty(),
             "{}: {} of {} genuine posts failed (status 0 = no answer within {POST_TIMEOUT:?}): {failed:?}",
