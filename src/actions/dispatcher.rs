@@ -113,7 +113,7 @@ async fn run(
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            n = rx.recv_many(&mut hints, BATCH), if hints_open => {
+            n = rx.recv_many(&mut hints, BATCH), if hints_open && hints.len() < CHANNEL => {
                 if n == 0 {
                     hints_open = false;
                     continue;
@@ -122,8 +122,16 @@ async fn run(
             }
             _ = poll.tick() => claim_due(&ctx, &mut tasks).await,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    tracing::error!(error = %e, "dispatcher: an execution panicked");
+                // Every execution that has ended frees its slot before the next claim.
+                let mut done = Some(done);
+                while let Some(ended) = done {
+                    if let Err(e) = ended {
+                        tracing::error!(error = %e, "dispatcher: an execution panicked");
+                    }
+                    done = tasks.try_join_next();
+                }
+                if !hints.is_empty() {
+                    claim_hinted(&ctx, &mut tasks, &mut hints).await;
                 }
             }
         }
@@ -197,8 +205,11 @@ impl Ctx<'_> {
 }
 
 /// Claims the hinted runs that have a free slot, one statement per action.
-/// A hint without a slot is dropped: the poller finds that run later.
+/// A hint without a free slot waits here (up to [`CHANNEL`] of them) for the
+/// next slot; a hint of an action not configured, or one whose claim failed,
+/// is dropped: the poller finds that run later.
 async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<NewRun>) {
+    let mut tried: HashSet<i64> = HashSet::new();
     for action in ctx.actions.iter() {
         let free = ctx.free(action);
         let ids: Vec<i64> = hints
@@ -210,13 +221,14 @@ async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<Ne
         if ids.is_empty() {
             continue;
         }
+        tried.extend(&ids);
         let now = Utc::now();
         match ctx.store.claim_runs(&ids, now, now + lease(action)).await {
             Ok(claimed) => start_all(ctx, tasks, action, claimed).await,
             Err(e) => tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot claim"),
         }
     }
-    hints.clear();
+    hints.retain(|hint| !tried.contains(&hint.id) && ctx.actions.by_name(&hint.action).is_some());
 }
 
 /// Claims what is due (retries, orphans, runs made by the CLI), up to each
