@@ -67,6 +67,9 @@ say() { echo "versus: $*" >&2; }
 pg() { psql "$PG_ADMIN_URL" -v ON_ERROR_STOP=1 -qAtX "$@"; }
 
 [ -d "$YARDSTICK" ] || { say "no yardstick at $YARDSTICK (set YARDSTICK=)"; exit 1; }
+for tool in jq sqlite3 psql curl python3; do
+    command -v "$tool" >/dev/null || { say "needs $tool (apt-get install jq sqlite3 postgresql-client curl python3)"; exit 1; }
+done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kaching-versus.XXXXXX")
 PIDS=()
@@ -270,11 +273,11 @@ for backend in $BACKENDS; do
         NOTES+=("postgres skipped: cannot connect to $PG_ADMIN_URL"); continue
     fi
     if [ "$backend" = postgres ]; then conns=$PG_CONNECTIONS; else conns=$SQLITE_CONNECTIONS; fi
-    declare -A KP=() KU=() KD=() KA=()
+    declare -A KP=() KU=() KD=() KA=() KL=()
     for tls in $TLS_MODES; do
         d=$(mktemp -d "$WORK/$backend-kaching-$tls.XXXX")
         start_kaching "$d" "$backend" "$tls"
-        KP[$tls]=$K_PID KU[$tls]=$K_URL KD[$tls]=$K_DB KA[$tls]=$K_ADMIN
+        KP[$tls]=$K_PID KU[$tls]=$K_URL KD[$tls]=$K_DB KA[$tls]=$K_ADMIN KL[$tls]=$d/daemon.log
     done
     d=$(mktemp -d "$WORK/$backend-ref.XXXX")
     start_ref "$d" "$backend"
@@ -309,13 +312,13 @@ for backend in $BACKENDS; do
         NOTES+=("$backend kaching tls=$tls: peak RSS $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/${KP[$tls]}/status")")
         kill -TERM "${KP[$tls]}"
         wait "${KP[$tls]}" 2>/dev/null || true
-        errors=$(grep -c '"level":"ERROR"' "$(dirname "$(ls "$WORK"/$backend-kaching-$tls.*/daemon.log)")/daemon.log" || true)
+        errors=$(grep -c '"level":"ERROR"' "${KL[$tls]}" || true)
         [ "$errors" = 0 ] || NOTES+=("$backend kaching tls=$tls: $errors ERROR lines in its log")
     done
     NOTES+=("$backend reference: peak RSS $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$R_PID/status")")
     kill -TERM "$R_PID"
     wait "$R_PID" 2>/dev/null || true
-    unset KP KU KD KA
+    unset KP KU KD KA KL
 done
 
 # The report: each kaching row with its ratio to the median of the reference
