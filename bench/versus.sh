@@ -35,6 +35,9 @@
 #   KEEP=1                 keep the work directory (logs, configs, JSON lines)
 #   LIVE=1                 each kaching run again with the dashboard's live feed open
 #                          (a `curl -N` on the admin listener's /events): "kaching+live"
+#   BEFORE=path/to/kaching another kaching binary (an earlier commit's build) run
+#                          beside this one in the same session, as "before"
+#                          (plain HTTP only), for before/after figures
 #   PERF=1                 record a perf profile of the kaching daemon during its
 #                          first closed-loop run per backend (perf.data in the work dir)
 set -euo pipefail
@@ -60,6 +63,7 @@ LOG_LEVEL=${LOG_LEVEL:-info}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PERF=${PERF:-0}
 LIVE=${LIVE:-0}
+BEFORE=${BEFORE:-}
 KEY=VERSUSBENCHKEY01
 TICK=$(getconf CLK_TCK)
 
@@ -76,7 +80,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for db in versus_kaching_off versus_kaching_self_signed versus_ref; do
+    for db in versus_kaching_off versus_kaching_self_signed versus_kaching_before versus_ref; do
         pg -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     done
     if [ "${KEEP:-0}" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
@@ -100,6 +104,11 @@ cpu_ticks() {
     echo "$sum"
 }
 
+# machine_ticks: "idle total" jiffies of the whole machine (idle includes iowait).
+machine_ticks() {
+    awk '/^cpu /{t=0; for (i=2; i<=NF; i++) t+=$i; print $5+$6, t; exit}' /proc/stat
+}
+
 postgres_pids() { pgrep -x postgres || true; }
 
 wait_healthy() {
@@ -112,17 +121,20 @@ wait_healthy() {
     return 1
 }
 
-# start_kaching DIR BACKEND TLS: sets K_PID, K_URL, K_DB.
+# start_kaching DIR BACKEND TLS [VARIANT BINARY]: sets K_PID, K_URL, K_DB.
 start_kaching() {
-    local dir=$1 backend=$2 tls=$3 port scheme
+    local dir=$1 backend=$2 tls=$3 variant=${4:-$3} bin=${5:-$TARGET/release/kaching} port scheme
     port=$(free_port)
     K_ADMIN="http://127.0.0.1:$(free_port)"
     case $backend in
         sqlite) K_DB="sqlite://$dir/kaching.db" ;;
         postgres)
-            local db=versus_kaching_${tls//-/_}
+            local db=versus_kaching_${variant//-/_}
             pg -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
-            K_DB="${PG_ADMIN_URL%/*}/$db"
+            # The reference is built without TLS, so it talks to Postgres in
+            # plain text; kaching (built with TLS) would otherwise negotiate
+            # TLS on loopback (sslmode=prefer). Same wire for both.
+            K_DB="${PG_ADMIN_URL%/*}/$db?sslmode=disable"
             ;;
     esac
     cat >"$dir/kaching.toml" <<EOF
@@ -143,7 +155,7 @@ name = "bench"
 secret_key = "$KEY"
 EOF
     [ "$ACTIONS" != log ] || printf '[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
-    "$TARGET/release/kaching" --config "$dir/kaching.toml" serve >"$dir/daemon.log" 2>&1 &
+    "$bin" --config "$dir/kaching.toml" serve >"$dir/daemon.log" 2>&1 &
     K_PID=$!
     PIDS+=("$K_PID")
     if [ "$tls" = off ]; then scheme=http; else scheme=https; fi
@@ -213,6 +225,7 @@ run() {
     [ "$backend" != postgres ] || mapfile -t pgpids < <(postgres_pids)
     c0=$(cpu_ticks "$pid")
     p0=$(cpu_ticks "${pgpids[@]}")
+    read -r i0 t0 < <(machine_ticks)
     if [ "$PERF" = 1 ] && [ "$who" = kaching ] && [ -z "${PERFED[$backend]:-}" ]; then
         PERFED[$backend]=1
         perf record -F 199 --call-graph dwarf,32768 -p "$pid" -o "$WORK/perf-$backend.data" -- sleep "$DURATION" >/dev/null 2>&1 &
@@ -223,6 +236,7 @@ run() {
         --receipts-out "$out.keys" --json-out "$out.json" --label "$who" "$@" >"$out.txt" 2>&1 || true
     c1=$(cpu_ticks "$pid")
     p1=$(cpu_ticks "${pgpids[@]}")
+    read -r i1 t1 < <(machine_ticks)
     [ -z "$perf_pid" ] || wait "$perf_pid" || true
     if [ -n "$live_pid" ]; then
         kill "$live_pid" 2>/dev/null || true
@@ -239,7 +253,8 @@ run() {
     ok=$(jq -r 'if .checks_ok then "ok" else "CHECKS FAILED" end' "$j")
     errs=$(jq -r '.transport_errors' "$j")
     [ "$errs" = 0 ] || ok="$ok, $errs transport errors"
-    local cpu="-" dbcpu="-"
+    local cpu="-" dbcpu="-" idle="-"
+    [ "$t1" -le "$t0" ] || idle=$(( (i1 - i0) * 100 / (t1 - t0) ))
     if [ "$acked" -gt 0 ]; then
         cpu=$(( (c1 - c0) * 1000000 / TICK / acked ))
         [ "$backend" != postgres ] || dbcpu=$(( (p1 - p0) * 1000000 / TICK / acked ))
@@ -256,8 +271,8 @@ run() {
             ok="$ok; exactly once ($unique)"
         fi
     fi
-    ROWS+=("$backend|$label|$who|$thr|$p50|$p99|$cpu|$dbcpu|$ok")
-    say "  $backend $label $who: $thr acked/s, p99 $p99 ms, cpu ${cpu} us/ack, db ${dbcpu} us/ack, $ok"
+    ROWS+=("$backend|$label|$who|$thr|$p50|$p99|$cpu|$dbcpu|$idle|$ok")
+    say "  $backend $label $who: $thr acked/s, p99 $p99 ms, cpu ${cpu} us/ack, db ${dbcpu} us/ack, machine idle ${idle} %, $ok"
 }
 
 declare -A PERFED=()
@@ -273,10 +288,17 @@ for backend in $BACKENDS; do
         NOTES+=("postgres skipped: cannot connect to $PG_ADMIN_URL"); continue
     fi
     if [ "$backend" = postgres ]; then conns=$PG_CONNECTIONS; else conns=$SQLITE_CONNECTIONS; fi
-    declare -A KP=() KU=() KD=() KA=() KL=()
-    for tls in $TLS_MODES; do
+    # By variant: a TLS mode of this build, or "before" (the BEFORE binary, plain HTTP).
+    declare -A KP=() KU=() KD=() KA=() KL=() KT=()
+    for tls in $TLS_MODES ${BEFORE:+before}; do
         d=$(mktemp -d "$WORK/$backend-kaching-$tls.XXXX")
-        start_kaching "$d" "$backend" "$tls"
+        if [ "$tls" = before ]; then
+            start_kaching "$d" "$backend" off before "$BEFORE"
+            KT[$tls]=off
+        else
+            start_kaching "$d" "$backend" "$tls"
+            KT[$tls]=$tls
+        fi
         KP[$tls]=$K_PID KU[$tls]=$K_URL KD[$tls]=$K_DB KA[$tls]=$K_ADMIN KL[$tls]=$d/daemon.log
     done
     d=$(mktemp -d "$WORK/$backend-ref.XXXX")
@@ -284,12 +306,14 @@ for backend in $BACKENDS; do
     say "$backend: kaching pid(s) ${KP[*]}, reference pid $R_PID"
     for c in $conns; do
         for pair in $(seq 1 "$PAIRS"); do
-            for tls in "${!KP[@]}"; do
+            for v in "${!KP[@]}"; do
+                tls=${KT[$v]} whos=$KACHINGS
+                [ "$v" != before ] || whos=before
                 engine=(--engine hyper)
                 [ "$tls" = off ] || engine=(--engine reqwest)
-                for who in $KACHINGS; do
-                    LIVE_URL=${KA[$tls]}
-                    run "$who" "$backend" "c=$c tls=$tls" "${KP[$tls]}" "${KU[$tls]}" "${KD[$tls]}" "$tls" \
+                for who in $whos; do
+                    LIVE_URL=${KA[$v]}
+                    run "$who" "$backend" "c=$c tls=$tls" "${KP[$v]}" "${KU[$v]}" "${KD[$v]}" "$tls" \
                         --concurrency "$c" --requests $((DURATION * 40000)) "${engine[@]}"
                 done
             done
@@ -299,26 +323,28 @@ for backend in $BACKENDS; do
     done
     if [ -n "$RATE" ]; then
         for pair in $(seq 1 "$PAIRS"); do
-            for tls in "${!KP[@]}"; do
-                for who in $KACHINGS; do
-                    LIVE_URL=${KA[$tls]}
-                    run "$who" "$backend" "r=$RATE tls=$tls" "${KP[$tls]}" "${KU[$tls]}" "${KD[$tls]}" "$tls" --rate "$RATE"
+            for v in "${!KP[@]}"; do
+                tls=${KT[$v]} whos=$KACHINGS
+                [ "$v" != before ] || whos=before
+                for who in $whos; do
+                    LIVE_URL=${KA[$v]}
+                    run "$who" "$backend" "r=$RATE tls=$tls" "${KP[$v]}" "${KU[$v]}" "${KD[$v]}" "$tls" --rate "$RATE"
                 done
             done
             run reference "$backend" "r=$RATE tls=off" "$R_PID" "$R_URL" - off --rate "$RATE"
         done
     fi
     for tls in "${!KP[@]}"; do
-        NOTES+=("$backend kaching tls=$tls: peak RSS $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/${KP[$tls]}/status")")
+        NOTES+=("$backend kaching $tls: peak RSS $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/${KP[$tls]}/status")")
         kill -TERM "${KP[$tls]}"
         wait "${KP[$tls]}" 2>/dev/null || true
         errors=$(grep -c '"level":"ERROR"' "${KL[$tls]}" || true)
-        [ "$errors" = 0 ] || NOTES+=("$backend kaching tls=$tls: $errors ERROR lines in its log")
+        [ "$errors" = 0 ] || NOTES+=("$backend kaching $tls: $errors ERROR lines in its log")
     done
     NOTES+=("$backend reference: peak RSS $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$R_PID/status")")
     kill -TERM "$R_PID"
     wait "$R_PID" 2>/dev/null || true
-    unset KP KU KD KA KL
+    unset KP KU KD KA KL KT
 done
 
 # The report: each kaching row with its ratio to the median of the reference
@@ -327,7 +353,7 @@ done
 median() { sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "" }'; }
 ref_median() { # BACKEND LOAD FIELD
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r b l w thr p50 p99 cpu db ok <<<"$r"
+        IFS='|' read -r b l w thr p50 p99 cpu db idle ok <<<"$r"
         [ "$b" = "$1" ] && [ "$w" = reference ] && [ "${l%% tls=*}" = "$2" ] || continue
         case $3 in thr) echo "$thr" ;; p99) echo "$p99" ;; cpu) echo "$cpu" ;; db) echo "$db" ;; esac
     done | median
@@ -336,11 +362,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "" || b == "-" |
 {
     echo "== kaching versus the yardstick reference, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "   commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with local changes)'); $(nproc) CPUs; $DURATION s per run, $PAIRS pairs; retries $DUPLICATES (fresh IV), forged $FORGED; kaching: log.level=$LOG_LEVEL, actions: ${ACTIONS:-none}"
-    echo "   cpu, db: microseconds of receiver / database-server CPU per acknowledged notification; x: kaching / median reference of the same load"
-    printf '%-8s  %-16s  %-12s  %8s %7s  %7s %7s  %6s %6s  %6s %6s  %s\n' \
-        backend load who acked/s x p99ms x cpu x db x check
+    echo "   cpu, db: microseconds of receiver / database-server CPU per acknowledged notification; x: kaching / median reference of the same load;"
+    echo "   idle%: the whole machine's idle share during the run (well above 0 under a closed loop: bound by waiting, not by CPU)"
+    printf '%-8s  %-16s  %-12s  %8s %7s  %7s %7s  %6s %6s  %6s %6s  %5s  %s\n' \
+        backend load who acked/s x p99ms x cpu x db x idle% check
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r b l w thr p50 p99 cpu db ok <<<"$r"
+        IFS='|' read -r b l w thr p50 p99 cpu db idle ok <<<"$r"
         load=${l%% tls=*}
         if [ "$w" != reference ]; then
             xt=$(ratio "$thr" "$(ref_median "$b" "$load" thr)")
@@ -350,8 +377,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "" || b == "-" |
         else
             xt= xp= xc= xd=
         fi
-        printf '%-8s  %-16s  %-12s  %8s %7s  %7s %7s  %6s %6s  %6s %6s  %s\n' \
-            "$b" "$l" "$w" "$thr" "$xt" "$p99" "$xp" "$cpu" "$xc" "$db" "$xd" "$ok"
+        printf '%-8s  %-16s  %-12s  %8s %7s  %7s %7s  %6s %6s  %6s %6s  %5s  %s\n' \
+            "$b" "$l" "$w" "$thr" "$xt" "$p99" "$xp" "$cpu" "$xc" "$db" "$xd" "$idle" "$ok"
     done
     for n in "${NOTES[@]}"; do echo "   note: $n"; done
     echo

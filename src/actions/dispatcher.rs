@@ -1,19 +1,25 @@
-//! The dispatcher: executes action runs. New runs arrive as ids over a
-//! bounded channel right after their notification commits (the fast path;
-//! a full channel drops the hint, never the run). A poller claims what is
-//! due (retries, runs created by the CLI, runs whose process died), so the
-//! database stays the truth. Each action has its own concurrency limit, and
-//! a run is claimed only when a slot is free, so a lease never runs out
-//! while a run waits. Claims and outcomes are written in batches (one
-//! statement claims every waiting hint, a finisher task records outcomes
-//! together), so follow-up work costs the database a few commits per burst,
-//! not two per notification.
+//! The dispatcher: executes action runs. New runs arrive as hints over a
+//! bounded channel right after their notification commits, each with the
+//! notification it is about, so the fast path never reads it back (a full
+//! channel drops the hint, never the run). A poller claims what is due
+//! (retries, runs created by the CLI, runs whose process died), so the
+//! database stays the truth.
+//!
+//! A run made with its notification by this process is created already
+//! claimed (see [`creation_lease`]): its hint goes straight to the queue,
+//! with no claim statement. Other runs are claimed in batches
+//! of up to [`claim_size`] into a per-action queue, with a lease long
+//! enough for the whole queue to execute one slot-full at a time (see
+//! [`lease`]), so a lease never runs out while its run waits. Outcomes are
+//! recorded together by a finisher task. So follow-up work costs the
+//! database one claim per batch and one outcome commit per burst, not
+//! statements per notification.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,31 +27,52 @@ use tracing::Instrument;
 
 use super::{Action, Actions};
 use crate::metrics::Metrics;
-use crate::store::{Claimed, NewRun, RunOutcome, RunSubject, Store};
+use crate::store::{Claimed, NewRun, RunOutcome, RunSubject, Store, StoredNotification};
 
 /// How often due runs are looked for.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Run hints that may wait; beyond that the poller finds the runs.
 const CHANNEL: usize = 4096;
-/// A lease outlives the execution's own timeout by this much.
+/// A lease outlives the executions it covers by this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// The longest lease a claim takes: what a crash can delay a run by.
+const LEASE_CAP: Duration = Duration::from_secs(120);
 /// Slack past an action's own timeout before the dispatcher abandons it.
 const SAFETY_NET: Duration = Duration::from_secs(1);
-/// Hints claimed, and outcomes recorded, per statement at most.
+/// After the first outcome of a burst, how long the finisher waits for more
+/// (the lease covers it; nothing waits for an outcome's commit).
+const OUTCOMES_COALESCE: Duration = Duration::from_millis(50);
+/// Runs claimed, and outcomes recorded, per statement at most.
 const BATCH: usize = 512;
+
+/// A new run, with the notification it is about when the hint comes from
+/// the commit (the execution then does not read it back).
+#[derive(Debug, Clone)]
+pub struct Hint {
+    pub run: NewRun,
+    pub subject: Option<Arc<StoredNotification>>,
+}
 
 /// The handle the request path uses to hint at new runs.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
-    tx: mpsc::Sender<NewRun>,
+    tx: mpsc::Sender<Hint>,
 }
 
 impl Dispatcher {
     /// Hints that runs exist. Never waits.
     pub fn notify(&self, runs: &[NewRun]) {
+        self.notify_with(runs, None);
+    }
+
+    /// Hints that runs about `subject`, just committed, exist. Never waits.
+    pub fn notify_with(&self, runs: &[NewRun], subject: Option<Arc<StoredNotification>>) {
         for run in runs {
             // Full or closed: the poller will find the run in the database.
-            let _ = self.tx.try_send(run.clone());
+            let _ = self.tx.try_send(Hint {
+                run: run.clone(),
+                subject: subject.clone(),
+            });
         }
     }
 
@@ -68,20 +95,59 @@ impl Dispatcher {
     }
 }
 
-/// Runs claimed by this process and not yet finished, to hand back at shutdown.
+/// Runs claimed by this process and not yet finished (queued or
+/// executing), to hand back at shutdown.
 type InFlight = Arc<Mutex<HashSet<(i64, i32)>>>;
 /// Where executions send how they ended.
 type Finished = mpsc::Sender<(i64, i32, RunOutcome)>;
 
-fn lease(action: &Action) -> chrono::Duration {
-    chrono::Duration::from_std(action.timeout * 2 + LEASE_MARGIN)
+/// The longest one execution may hold a slot.
+fn wave(action: &Action) -> Duration {
+    action.timeout + SAFETY_NET
+}
+
+/// The lease for a claim of `n` runs into an empty queue: the executions
+/// holding the slots end within one wave, then the queue runs one
+/// slot-full per wave, the last run ending within a wave of its start.
+fn lease(action: &Action, n: usize) -> chrono::Duration {
+    let per_slot = n.saturating_sub(1) / action.concurrency.max(1);
+    let waves = u32::try_from(per_slot + 2).unwrap_or(u32::MAX);
+    chrono::Duration::from_std(wave(action).saturating_mul(waves) + LEASE_MARGIN)
         .unwrap_or(chrono::Duration::minutes(5))
+}
+
+/// The lease a run made with its notification is created under when this
+/// process will execute it: as for a claim of one.
+pub fn creation_lease(action: &Action) -> chrono::Duration {
+    lease(action, 1)
+}
+
+/// How many runs one claim takes: as many as [`LEASE_CAP`] allows, never
+/// fewer than a slot-full, never more than [`BATCH`].
+fn claim_size(action: &Action) -> usize {
+    let waves =
+        LEASE_CAP.saturating_sub(LEASE_MARGIN).as_millis() / wave(action).as_millis().max(1);
+    let per_slot = usize::try_from(waves).unwrap_or(1).saturating_sub(1).max(1);
+    (per_slot * action.concurrency.max(1)).min(BATCH)
+}
+
+/// A claimed run waiting for a slot: the run, the notification it came
+/// with, and when its lease ends.
+type Queued = (Claimed, Option<Arc<StoredNotification>>, DateTime<Utc>);
+
+/// Claimed runs of one action waiting for a slot, oldest claim first.
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<Queued>,
+    /// The last look for due runs filled a whole claim: look again as soon
+    /// as the queue empties instead of at the next tick.
+    more_due: bool,
 }
 
 async fn run(
     store: Store,
     actions: impl Fn() -> Arc<Actions> + Send + 'static,
-    mut rx: mpsc::Receiver<NewRun>,
+    mut rx: mpsc::Receiver<Hint>,
     shutdown: CancellationToken,
     grace: Duration,
     metrics: Arc<Metrics>,
@@ -89,6 +155,7 @@ async fn run(
     // By action name: runs name their action, and a run whose action is
     // not configured (removed, renamed) has no slot, so it is never claimed.
     let mut slots = Slots::new();
+    let mut queues: HashMap<Arc<str>, Queue> = HashMap::new();
     let in_flight: InFlight = Arc::default();
     let (finished, finisher) = {
         let (tx, rx) = mpsc::channel(CHANNEL);
@@ -103,14 +170,17 @@ async fn run(
     loop {
         let current = actions();
         sync_slots(&mut slots, &current);
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             store: &store,
             actions: &current,
             slots: &slots,
+            queues: &mut queues,
             in_flight: &in_flight,
             finished: &finished,
             metrics: &metrics,
+            tasks: &mut tasks,
         };
+        ctx.release_orphaned().await;
         tokio::select! {
             () = shutdown.cancelled() => break,
             n = rx.recv_many(&mut hints, BATCH), if hints_open && hints.len() < CHANNEL => {
@@ -118,21 +188,22 @@ async fn run(
                     hints_open = false;
                     continue;
                 }
-                claim_hinted(&ctx, &mut tasks, &mut hints).await;
+                ctx.fill(&mut hints).await;
             }
-            _ = poll.tick() => claim_due(&ctx, &mut tasks).await,
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                // Every execution that has ended frees its slot before the next claim.
+            _ = poll.tick() => {
+                ctx.claim_due().await;
+                ctx.fill(&mut hints).await;
+            }
+            Some(done) = ctx.tasks.join_next(), if !ctx.tasks.is_empty() => {
+                // Every execution that has ended frees its slot before the next start.
                 let mut done = Some(done);
                 while let Some(ended) = done {
                     if let Err(e) = ended {
                         tracing::error!(error = %e, "dispatcher: an execution panicked");
                     }
-                    done = tasks.try_join_next();
+                    done = ctx.tasks.try_join_next();
                 }
-                if !hints.is_empty() {
-                    claim_hinted(&ctx, &mut tasks, &mut hints).await;
-                }
+                ctx.fill(&mut hints).await;
             }
         }
     }
@@ -148,17 +219,29 @@ async fn run(
     }
     drop(finished);
     let _ = finisher.await;
-    let left: Vec<(i64, i32)> = in_flight
+    // Queued runs never started; interrupted ones did not finish; runs
+    // created claimed whose hint was still waiting were never queued.
+    rx.close();
+    while let Ok(hint) = rx.try_recv() {
+        hints.push(hint);
+    }
+    let mut left: Vec<(i64, i32)> = in_flight
         .lock()
         .map(|s| s.iter().copied().collect())
         .unwrap_or_default();
+    left.extend(
+        hints
+            .iter()
+            .filter(|h| h.run.claimed_until.is_some())
+            .map(|h| (h.run.id, 1)),
+    );
     for (id, attempts) in &left {
         let _ = store.release_run(*id, *attempts).await;
     }
     if !left.is_empty() {
         tracing::warn!(
             released = left.len(),
-            "dispatcher: interrupted actions left pending for the next start"
+            "dispatcher: queued or interrupted actions left pending for the next start"
         );
     }
     tracing::info!("dispatcher: stopped");
@@ -169,9 +252,11 @@ struct Ctx<'a> {
     store: &'a Store,
     actions: &'a Arc<Actions>,
     slots: &'a Slots,
+    queues: &'a mut HashMap<Arc<str>, Queue>,
     in_flight: &'a InFlight,
     finished: &'a Finished,
     metrics: &'a Arc<Metrics>,
+    tasks: &'a mut JoinSet<()>,
 }
 
 /// Each configured action's concurrency limit (and the limit it was made
@@ -195,81 +280,214 @@ fn sync_slots(slots: &mut Slots, actions: &Actions) {
 }
 
 impl Ctx<'_> {
-    fn slot(&self, action: &Action) -> Option<&Arc<Semaphore>> {
-        self.slots.get(&action.name).map(|(_, s)| s)
-    }
-
-    fn free(&self, action: &Action) -> usize {
-        self.slot(action).map_or(0, |s| s.available_permits())
-    }
-}
-
-/// Claims the hinted runs that have a free slot, one statement per action.
-/// A hint without a free slot waits here (up to [`CHANNEL`] of them) for the
-/// next slot; a hint of an action not configured, or one whose claim failed,
-/// is dropped: the poller finds that run later.
-async fn claim_hinted(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, hints: &mut Vec<NewRun>) {
-    let mut tried: HashSet<i64> = HashSet::new();
-    for action in ctx.actions.iter() {
-        let free = ctx.free(action);
-        let ids: Vec<i64> = hints
-            .iter()
-            .filter(|hint| hint.action == action.name)
-            .map(|hint| hint.id)
-            .take(free)
+    /// Queued runs of an action a reload removed go back to pending.
+    async fn release_orphaned(&mut self) {
+        let gone: Vec<Arc<str>> = self
+            .queues
+            .keys()
+            .filter(|name| self.actions.by_name(name).is_none())
+            .cloned()
             .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        tried.extend(&ids);
-        let now = Utc::now();
-        match ctx.store.claim_runs(&ids, now, now + lease(action)).await {
-            Ok(claimed) => start_all(ctx, tasks, action, claimed).await,
-            Err(e) => tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot claim"),
+        for name in gone {
+            for (run, _, _) in self.queues.remove(&name).unwrap_or_default().ready {
+                self.forget(&run);
+                let _ = self.store.release_run(run.id, run.attempts).await;
+            }
         }
     }
-    hints.retain(|hint| !tried.contains(&hint.id) && ctx.actions.by_name(&hint.action).is_some());
-}
 
-/// Claims what is due (retries, orphans, runs made by the CLI), up to each
-/// action's free slots.
-async fn claim_due(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>) {
-    for action in ctx.actions.iter() {
-        let free = ctx.free(action);
-        if free == 0 {
-            continue;
+    fn forget(&self, run: &Claimed) {
+        if let Ok(mut s) = self.in_flight.lock() {
+            s.remove(&(run.id, run.attempts));
         }
+    }
+
+    /// Queues the runs created claimed; starts what has a free slot; then,
+    /// for each action whose queue emptied, claims its next batch from the
+    /// hints (or, when the last look for due runs was full, from the
+    /// database) and starts again. A hint whose action is not configured,
+    /// or whose claim failed, is dropped: the poller finds that run later.
+    async fn fill(&mut self, hints: &mut Vec<Hint>) {
+        let mut tried: HashSet<i64> = HashSet::new();
+        let actions = self.actions.clone();
+        for action in actions.iter() {
+            let owned: Vec<Queued> = hints
+                .iter()
+                .filter(|hint| hint.run.action == action.name)
+                .filter_map(created_claimed)
+                .collect();
+            tried.extend(owned.iter().map(|(run, _, _)| run.id));
+            self.enqueue(action, owned);
+            self.start_ready(action);
+            if !self.queue(action).ready.is_empty() {
+                continue;
+            }
+            let mut subjects: HashMap<i64, Option<Arc<StoredNotification>>> = hints
+                .iter()
+                .filter(|hint| hint.run.action == action.name && !tried.contains(&hint.run.id))
+                .take(claim_size(action))
+                .map(|hint| (hint.run.id, hint.subject.clone()))
+                .collect();
+            if subjects.is_empty() {
+                if self.queue(action).more_due {
+                    self.claim_due_of(action).await;
+                    self.start_ready(action);
+                }
+                continue;
+            }
+            let ids: Vec<i64> = subjects.keys().copied().collect();
+            tried.extend(&ids);
+            let now = Utc::now();
+            let until = now + lease(action, ids.len());
+            match self.store.claim_runs(&ids, now, until).await {
+                Ok(claimed) => {
+                    let claimed = claimed
+                        .into_iter()
+                        .map(|run| {
+                            let subject = subjects.remove(&run.id).flatten();
+                            (run, subject, until)
+                        })
+                        .collect();
+                    self.enqueue(action, claimed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot claim")
+                }
+            }
+            self.start_ready(action);
+        }
+        hints.retain(|hint| {
+            !tried.contains(&hint.run.id) && self.actions.by_name(&hint.run.action).is_some()
+        });
+    }
+
+    /// Looks for due runs (retries, orphans, runs made by the CLI) of every
+    /// action whose queue is empty.
+    async fn claim_due(&mut self) {
+        let actions = self.actions.clone();
+        for action in actions.iter() {
+            if self.queue(action).ready.is_empty() {
+                self.claim_due_of(action).await;
+            }
+        }
+    }
+
+    async fn claim_due_of(&mut self, action: &Action) {
+        let size = claim_size(action);
         let now = Utc::now();
-        let limit = i64::try_from(free).unwrap_or(1);
-        match ctx
-            .store
-            .claim_due(&action.name, limit, now, now + lease(action))
-            .await
-        {
-            Ok(claimed) => start_all(ctx, tasks, action, claimed).await,
+        let until = now + lease(action, size);
+        let limit = i64::try_from(size).unwrap_or(1);
+        match self.store.claim_due(&action.name, limit, now, until).await {
+            Ok(claimed) => {
+                self.queue(action).more_due = claimed.len() == size;
+                let claimed = claimed.into_iter().map(|run| (run, None, until)).collect();
+                self.enqueue(action, claimed);
+            }
             Err(e) => {
+                self.queue(action).more_due = false;
                 tracing::warn!(error = %e, action = %action.name, "dispatcher: cannot look for due runs")
             }
         }
     }
-}
 
-async fn start_all(ctx: &Ctx<'_>, tasks: &mut JoinSet<()>, action: &Action, claimed: Vec<Claimed>) {
-    for run in claimed {
-        match ctx.slot(action).map(|s| s.clone().try_acquire_owned()) {
-            Some(Ok(permit)) => start(ctx, tasks, action.name.clone(), run, permit),
-            // Cannot happen (we claimed at most the free slots), but never run unbounded.
-            Some(Err(_)) | None => {
-                let _ = ctx.store.release_run(run.id, run.attempts).await;
+    fn queue(&mut self, action: &Action) -> &mut Queue {
+        self.queues.entry(action.name.clone()).or_default()
+    }
+
+    fn enqueue(&mut self, action: &Action, claimed: Vec<Queued>) {
+        if let Ok(mut s) = self.in_flight.lock() {
+            s.extend(claimed.iter().map(|(run, _, _)| (run.id, run.attempts)));
+        }
+        self.queue(action).ready.extend(claimed);
+    }
+
+    /// Starts queued runs of `action` while it has free slots. A run whose
+    /// lease would end before its execution could (it waited too long
+    /// behind a backlog) is left alone: once the lease ends the poller
+    /// claims it again, so it never runs twice at once.
+    fn start_ready(&mut self, action: &Action) {
+        let Some(slot) = self.slots.get(&action.name).map(|(_, s)| s.clone()) else {
+            return;
+        };
+        let enough = chrono::Duration::from_std(wave(action)).unwrap_or(chrono::Duration::MAX);
+        while let Ok(permit) = slot.clone().try_acquire_owned() {
+            let Some((run, subject, until)) = self.queue(action).ready.pop_front() else {
+                break;
+            };
+            if until - Utc::now() < enough {
+                tracing::debug!(run = run.id, action = %action.name, "dispatcher: lease too short to start; leaving the run to the poller");
+                self.forget(&run);
+                continue;
             }
+            self.start(action.name.clone(), run, subject, permit);
         }
     }
+
+    fn start(
+        &mut self,
+        action: Arc<str>,
+        run: Claimed,
+        subject: Option<Arc<StoredNotification>>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let (id, attempts) = (run.id, run.attempts);
+        let (store, actions, in_flight, finished, metrics) = (
+            self.store.clone(),
+            self.actions.clone(),
+            self.in_flight.clone(),
+            self.finished.clone(),
+            self.metrics.clone(),
+        );
+        let span = tracing::info_span!("action", run = id, attempt = attempts);
+        self.tasks.spawn(
+            async move {
+                if let Some(action) = actions.by_name(&action) {
+                    if let Some(outcome) = execute(&store, action, run, subject).await {
+                        metrics.action_run(&action.name, &outcome);
+                        let _ = finished.send((id, attempts, outcome)).await;
+                    }
+                }
+                if let Ok(mut s) = in_flight.lock() {
+                    s.remove(&(id, attempts));
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The queued form of a hint for a run this process created claimed; `None`
+/// for one it must claim (or one without its notification, left to the
+/// poller once its lease ends).
+fn created_claimed(hint: &Hint) -> Option<Queued> {
+    let until = hint.run.claimed_until?;
+    let subject = hint.subject.clone()?;
+    let run = Claimed {
+        id: hint.run.id,
+        attempts: 1,
+        created_at: subject.received_at,
+        subject: RunSubject::Notification(subject.id),
+    };
+    Some((run, Some(subject), until))
 }
 
 /// Records outcomes in batches; ends when every sender is gone.
 async fn record_outcomes(store: Store, mut rx: mpsc::Receiver<(i64, i32, RunOutcome)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if batch.len() < BATCH {
+            // One commit per burst, not per run: at a steady trickle each
+            // outcome would otherwise be a transaction of its own (and on
+            // SQLite a turn at the write lock the notifications wait for).
+            tokio::time::sleep(OUTCOMES_COALESCE).await;
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(outcome) => batch.push(outcome),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut tries = 0;
         loop {
             match store.finish_runs(&batch, Utc::now()).await {
@@ -296,45 +514,17 @@ async fn record_outcomes(store: Store, mut rx: mpsc::Receiver<(i64, i32, RunOutc
     }
 }
 
-fn start(
-    ctx: &Ctx<'_>,
-    tasks: &mut JoinSet<()>,
-    action: Arc<str>,
-    run: Claimed,
-    permit: OwnedSemaphorePermit,
-) {
-    let (id, attempts) = (run.id, run.attempts);
-    if let Ok(mut s) = ctx.in_flight.lock() {
-        s.insert((id, attempts));
-    }
-    let (store, actions, in_flight, finished, metrics) = (
-        ctx.store.clone(),
-        ctx.actions.clone(),
-        ctx.in_flight.clone(),
-        ctx.finished.clone(),
-        ctx.metrics.clone(),
-    );
-    let span = tracing::info_span!("action", run = id, attempt = attempts);
-    tasks.spawn(
-        async move {
-            if let Some(action) = actions.by_name(&action) {
-                if let Some(outcome) = execute(&store, action, run).await {
-                    metrics.action_run(&action.name, &outcome);
-                    let _ = finished.send((id, attempts, outcome)).await;
-                }
-            }
-            if let Ok(mut s) = in_flight.lock() {
-                s.remove(&(id, attempts));
-            }
-            drop(permit);
-        }
-        .instrument(span),
-    );
-}
-
 /// One execution of one run; returns the run's next state.
-async fn execute(store: &Store, action: &Action, run: Claimed) -> Option<RunOutcome> {
+async fn execute(
+    store: &Store,
+    action: &Action,
+    run: Claimed,
+    carried: Option<Arc<StoredNotification>>,
+) -> Option<RunOutcome> {
     let event = match &run.subject {
+        RunSubject::Notification(id) if carried.as_ref().is_some_and(|n| n.id == *id) => {
+            action.event(carried.as_deref()?)
+        }
         RunSubject::Notification(id) => match store.notification(*id).await {
             Ok(Some(n)) => action.event(&n),
             Ok(None) => return None,
@@ -369,4 +559,46 @@ async fn execute(store: &Store, action: &Action, run: Claimed) -> Option<RunOutc
         }
     }
     Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ActionSettings;
+
+    fn log_action(timeout_ms: u64, concurrency: u32) -> Arc<Actions> {
+        let s = ActionSettings {
+            name: "log".into(),
+            kind: "log".into(),
+            timeout_ms,
+            concurrency,
+            ..ActionSettings::default()
+        };
+        Arc::new(Actions::from_settings(&[s]).unwrap())
+    }
+
+    #[test]
+    fn a_claim_is_as_big_as_its_lease_can_cover() {
+        let actions = log_action(10_000, 4);
+        let a = actions.by_name("log").unwrap();
+        // 11 s a wave (timeout + safety net), 5 s margin: 10 waves fit in
+        // 120 s; one is for the executions already holding the slots.
+        assert_eq!(claim_size(a), 36);
+        let full = lease(a, claim_size(a)).to_std().unwrap();
+        assert!(full <= LEASE_CAP, "{full:?}");
+        assert!(lease(a, claim_size(a) + 4).to_std().unwrap() > LEASE_CAP);
+        // A slot-full waits for the running wave, then runs within one.
+        assert_eq!(lease(a, 4).num_seconds(), 27);
+        assert_eq!(creation_lease(a), lease(a, 1));
+        assert_eq!(lease(a, 5).num_seconds(), 38);
+    }
+
+    #[test]
+    fn a_slow_action_still_claims_a_slot_full() {
+        let actions = log_action(90_000, 3);
+        let a = actions.by_name("log").unwrap();
+        assert_eq!(claim_size(a), 3);
+        let actions = log_action(1, 1000);
+        assert_eq!(claim_size(actions.by_name("log").unwrap()), BATCH);
+    }
 }

@@ -210,7 +210,10 @@ impl Action {
 
     /// The event this action sends for `n`.
     pub fn event(&self, n: &StoredNotification) -> Event {
-        Event::new(n, self.include_customer)
+        match self.kind {
+            Kind::Log => Event::summary(n),
+            _ => Event::new(n, self.include_customer),
+        }
     }
 
     /// The event this action sends for an alert (provisional, see [`Event::Alert`]).
@@ -331,12 +334,21 @@ impl Actions {
     }
 
     /// The actions a new notification gets runs for.
-    pub fn matching(&self, account: &str, n: &Notification) -> Vec<ActionRef> {
+    ///
+    /// `claim_at`: the runs are created claimed by this process from then
+    /// (see [`ActionRef::claimed_until`]); `None`: created pending.
+    pub fn matching(
+        &self,
+        account: &str,
+        n: &Notification,
+        claim_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Vec<ActionRef> {
         self.list
             .iter()
             .filter(|a| a.filter.matches(account, n))
             .map(|a| ActionRef {
                 name: a.name.clone(),
+                claimed_until: claim_at.map(|t| t + dispatcher::creation_lease(a)),
             })
             .collect()
     }

@@ -481,6 +481,7 @@ async fn retry(
                 d.notify(&[NewRun {
                     id: run.id,
                     action: run.action.into(),
+                    claimed_until: None,
                 }]);
             }
             tracing::info!(run = f.id, "admin: run retried from the dashboard");

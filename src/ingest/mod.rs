@@ -30,7 +30,9 @@ use tokio::sync::broadcast;
 use crate::actions::Dispatcher;
 use crate::ins::{self, AccountKeys, AccountName, BodyForm, Notification};
 use crate::runtime::{contains, Live, Runtime};
-use crate::store::{NewNotification, NewRejected, NewRun, Recorded, StoreError, Writer};
+use crate::store::{
+    NewNotification, NewRejected, NewRun, Recorded, StoreError, StoredNotification, Writer,
+};
 
 pub use error::{BodyError, IngestError};
 pub use keeper::RejectedKeeper;
@@ -199,9 +201,12 @@ impl Ingest {
             }
         };
         let new = NewNotification {
-            actions: runtime
-                .actions
-                .matching(auth.account.as_str(), &auth.notification),
+            actions: runtime.actions.matching(
+                auth.account.as_str(),
+                &auth.notification,
+                // This process's dispatcher runs them: created claimed.
+                self.runs.as_ref().map(|_| post.received_at),
+            ),
             account: auth.account,
             form: auth.form,
             notification: Arc::new(auth.notification),
@@ -237,8 +242,11 @@ impl Ingest {
     }
 
     fn publish(&self, n: &NewNotification, recorded: &Recorded) {
-        if let (Some(dispatcher), Recorded::New { runs, .. }) = (&self.runs, recorded) {
-            dispatcher.notify(runs);
+        if let (Some(dispatcher), Recorded::New { id, runs }) = (&self.runs, recorded) {
+            if !runs.is_empty() {
+                let subject = Arc::new(StoredNotification::committed(*id, n));
+                dispatcher.notify_with(runs, Some(subject));
+            }
         }
         if self.events.receiver_count() == 0 {
             return;

@@ -25,6 +25,10 @@ use crate::store::{
 
 /// Notifications per transaction.
 pub const BATCH: i64 = 1000;
+/// On SQLite, whose one write lock the notification writer waits for while
+/// a projection commits: a smaller batch bounds that wait (a projection
+/// commit does not wait for the disk, so more of them cost little).
+pub const SQLITE_BATCH: i64 = 100;
 
 /// How long a notification's transaction may stay open after its id is
 /// taken (the commit timeout and the request timeout, with a wide margin).
@@ -94,8 +98,12 @@ pub async fn pass(
     };
     let mut projected = 0;
     let caught_up = loop {
-        let rows = store.unprojected(after, BATCH).await?;
-        let full = rows.len() as i64 == BATCH;
+        let batch = match store {
+            Store::Postgres(_) => BATCH,
+            Store::Sqlite(_) => SQLITE_BATCH,
+        };
+        let rows = store.unprojected(after, batch).await?;
+        let full = rows.len() as i64 == batch;
         if let Some(last) = rows.last() {
             after = last.id;
             let projection = project(store, &rows).await?;

@@ -235,6 +235,23 @@ pub struct StoredNotification {
     pub last_seen_at: DateTime<Utc>,
 }
 
+impl StoredNotification {
+    /// The row `n` became (`id`) as it stands at its commit: what the
+    /// dispatcher is handed with a new run instead of reading it back.
+    pub fn committed(id: i64, n: &NewNotification) -> Self {
+        Self {
+            id,
+            account: n.account.clone(),
+            form: n.form,
+            notification: (*n.notification).clone(),
+            source_ip: n.source_ip,
+            received_at: n.received_at,
+            duplicates: 0,
+            last_seen_at: n.received_at,
+        }
+    }
+}
+
 /// The columns of [`StoredNotification`], amounts as text (exact in both backends).
 const NOTIFICATION_SELECT: &str = "\
 SELECT id, account, role, receipt, transaction_type, transaction_time, vendor, affiliate, \

@@ -35,9 +35,12 @@ pub(super) const NOTIFICATION_COLUMNS: &str = "account, role, receipt, transacti
 
 /// The runs of a batch's new notifications, one statement.
 const INSERT_RUNS: &str = "\
-INSERT INTO action_runs (notification_id, action, created_at, next_attempt_at) \
-SELECT u.notification_id, u.action, u.created_at, u.created_at \
-FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS u(notification_id, action, created_at) \
+INSERT INTO action_runs (notification_id, action, created_at, next_attempt_at, status, attempts, lease_until) \
+SELECT u.notification_id, u.action, u.created_at, u.created_at, \
+    CASE WHEN u.lease_until IS NULL THEN 'pending' ELSE 'running' END, \
+    CASE WHEN u.lease_until IS NULL THEN 0 ELSE 1 END, u.lease_until \
+FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[]) \
+    AS u(notification_id, action, created_at, lease_until) \
 RETURNING id, notification_id, action";
 
 /// A whole batch in one statement: one array per column.
@@ -106,14 +109,16 @@ impl PgStore {
         rows: &[Unique<'_>],
         found: &mut HashMap<Key, Upserted>,
     ) -> Result<(), StoreError> {
-        let (mut ids, mut names, mut times, mut index) = (vec![], vec![], vec![], HashMap::new());
+        let (mut ids, mut names, mut times, mut leases, mut index) =
+            (vec![], vec![], vec![], vec![], HashMap::new());
         for u in rows {
             if let Some(Upserted::Inserted(id, _)) = found.get(&key_of(u)) {
                 for a in &u.row.actions {
                     ids.push(*id);
                     names.push(a.name.to_string());
                     times.push(u.row.received_at);
-                    index.insert((*id, a.name.to_string()), (key_of(u), a.name.clone()));
+                    leases.push(a.claimed_until);
+                    index.insert((*id, a.name.to_string()), (key_of(u), a.clone()));
                 }
             }
         }
@@ -124,6 +129,7 @@ impl PgStore {
             .bind(ids)
             .bind(names)
             .bind(times)
+            .bind(leases)
             .fetch_all(&mut **tx)
             .await?;
         for (run, notification, action) in created {
@@ -131,7 +137,11 @@ impl PgStore {
                 .remove(&(notification, action))
                 .ok_or(StoreError::MissingRow)?;
             if let Some(Upserted::Inserted(_, runs)) = found.get_mut(&key) {
-                runs.push(NewRun { id: run, action });
+                runs.push(NewRun {
+                    id: run,
+                    action: action.name,
+                    claimed_until: action.claimed_until,
+                });
             }
         }
         Ok(())

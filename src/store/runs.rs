@@ -18,6 +18,12 @@ use super::{on_pool, relaxed_tx, text, Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionRef {
     pub name: Arc<str>,
+    /// Set when the creating process executes the run itself (the daemon's
+    /// dispatcher): the run is created already claimed, `running` at its
+    /// first attempt, under a lease until then, so the fast path needs no
+    /// claim statement. A process that dies leaves it to the poller once
+    /// the lease expires, like any claimed run.
+    pub claimed_until: Option<DateTime<Utc>>,
 }
 
 /// A run created with its notification: the dispatcher's hint.
@@ -25,6 +31,8 @@ pub struct ActionRef {
 pub struct NewRun {
     pub id: i64,
     pub action: Arc<str>,
+    /// Created claimed by this process, under a lease until then (see [`ActionRef`]).
+    pub claimed_until: Option<DateTime<Utc>>,
 }
 
 /// What a run is about. Stored as `subject_kind` plus exactly one of
@@ -224,7 +232,41 @@ SELECT r.id, r.subject_kind, r.notification_id, r.subject, r.action, r.status, r
     r.created_at, r.next_attempt_at, r.last_error, r.finished_at, n.receipt, n.transaction_type \
 FROM action_runs r LEFT JOIN notifications n ON n.id = r.notification_id";
 
+/// A JSON array of already-JSON items: one bind for a whole list, so a
+/// statement's text (and its prepared form) does not vary with the length.
+fn json_list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    format!("[{}]", items.join(","))
+}
+
 impl Store {
+    /// `id` is one of the JSON array of ids bound at `param`. Postgres
+    /// reads it as an array (`[1,2]` becomes `{1,2}`), so its plan is a
+    /// primary-key lookup per id.
+    fn id_in(&self, param: &str) -> String {
+        match self {
+            Store::Postgres(_) => {
+                format!("id = ANY(CAST(translate({param}, '[]', '{{}}') AS int8[]))")
+            }
+            Store::Sqlite(_) => format!("id IN (SELECT value FROM json_each({param}))"),
+        }
+    }
+
+    /// `(id, attempts)` is one of the JSON array of `[id, attempts]` pairs
+    /// bound at `pairs`, whose ids are the JSON array bound at `ids`.
+    fn pair_in(&self, ids: &str, pairs: &str) -> String {
+        let pair = match self {
+            Store::Postgres(_) => format!(
+                "SELECT CAST(e->>0 AS int8), CAST(e->>1 AS int4) \
+                 FROM jsonb_array_elements(CAST({pairs} AS jsonb)) AS e"
+            ),
+            Store::Sqlite(_) => format!(
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each({pairs})"
+            ),
+        };
+        format!("{} AND (id, attempts) IN ({pair})", self.id_in(ids))
+    }
+
     /// Claims, in one statement, those of `ids` that are pending and due
     /// (the fast path from the channel). Returns (id, new attempt number) of
     /// each claimed; the others were taken by another process or task.
@@ -237,21 +279,19 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        relaxed_tx!(self, tx => {
-            let mut q = sqlx::QueryBuilder::new(
-                "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = ",
-            );
-            q.push_bind(lease_until)
-                .push(" WHERE status = 'pending' AND next_attempt_at <= ")
-                .push_bind(now)
-                .push(" AND id IN (");
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            q.push(") RETURNING ").push(CLAIMED_COLUMNS);
-            claimed(q.build_query_as().fetch_all(&mut *tx).await?)
-        })
+        let sql = format!(
+            "UPDATE action_runs SET status = 'running', attempts = attempts + 1, lease_until = $1 \
+             WHERE status = 'pending' AND next_attempt_at <= $2 AND {} \
+             RETURNING {CLAIMED_COLUMNS}",
+            self.id_in("$3")
+        );
+        let ids = json_list(ids.iter().map(|id| id.to_string()));
+        relaxed_tx!(self, tx => claimed(sqlx::query_as(&sql)
+            .bind(lease_until)
+            .bind(now)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?))
     }
 
     /// Claims up to `limit` runs of `action` that are due, or whose lease
@@ -295,28 +335,32 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let mut applied = 0u64;
+        let done: Vec<(i64, i32)> = finished
+            .iter()
+            .filter(|(_, _, o)| *o == RunOutcome::Done)
+            .map(|(id, attempts, _)| (*id, *attempts))
+            .collect();
+        let done = (!done.is_empty()).then(|| {
+            (
+                json_list(done.iter().map(|(id, _)| id.to_string())),
+                json_list(done.iter().map(|(id, a)| format!("[{id},{a}]"))),
+            )
+        });
+        let done_sql = format!(
+            "UPDATE action_runs SET status = 'done', lease_until = NULL, finished_at = $1 \
+             WHERE status = 'running' AND {}",
+            self.pair_in("$2", "$3")
+        );
         relaxed_tx!(self, tx => {
-            let done: Vec<(i64, i32)> = finished
-                .iter()
-                .filter(|(_, _, o)| *o == RunOutcome::Done)
-                .map(|(id, a, _)| (*id, *a))
-                .collect();
-            if !done.is_empty() {
+            if let Some((ids, pairs)) = &done {
                 // The common case, one statement for the lot.
-                let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE action_runs SET status = 'done', lease_until = NULL, finished_at = ",
-                );
-                q.push_bind(now).push(" WHERE status = 'running' AND (id, attempts) IN (");
-                let mut list = q.separated(", ");
-                for (id, attempts) in &done {
-                    list.push("(");
-                    list.push_bind_unseparated(*id);
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(*attempts);
-                    list.push_unseparated(")");
-                }
-                q.push(")");
-                applied += q.build().execute(&mut *tx).await?.rows_affected();
+                applied += sqlx::query(&done_sql)
+                    .bind(now)
+                    .bind(ids)
+                    .bind(pairs)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
             for (id, attempts, outcome) in finished {
                 let (status, next, error, finished_at) = match outcome {

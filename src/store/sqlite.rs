@@ -5,17 +5,32 @@
 //! text correctly; amounts are decimal text, because SQLite has no exact
 //! decimal type.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use super::postgres::NOTIFICATION_COLUMNS;
 use super::tx::SqliteTx;
-use super::{decimal_text, text, NewRun, StoreError, Unique, Upserted};
+use super::{decimal_text, text, ActionRef, NewRun, StoreError, Unique, Upserted};
+
+/// Rows per multi-row statement: SQLite binds each parameter by looking up
+/// its name, so statements stay small (19 columns a notification).
+const CHUNK: usize = 32;
+
+/// A notification's dedup key as stored (text as [`text`] writes it).
+type Key = (String, String, String, String, DateTime<Utc>);
+
+fn stored_key(u: &Unique<'_>) -> Key {
+    let (a, r, rc, t, tt) = u.row.key();
+    let owned = |s: &str| text(s).into_owned();
+    (owned(a), owned(r), owned(rc), owned(t), tt)
+}
 
 /// Counts copies of a notification stored by an earlier commit.
 const COUNT_DUPLICATES: &str = "\
@@ -99,62 +114,66 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// One transaction, one commit: SQLite statements are in-process and
-    /// cheap, the commit's fsync is what costs, so a statement per row is fine.
+    /// One transaction, one commit, and few statements: sqlx hands every
+    /// SQLite statement to the connection's own thread and back, which
+    /// costs more than the statement, so new rows go in multi-row inserts
+    /// of [`CHUNK`] rows (their runs likewise) and only copies of stored
+    /// notifications get a statement each.
     pub(super) async fn upsert(&self, rows: &[Unique<'_>]) -> Result<Vec<Upserted>, StoreError> {
-        let insert = format!(
-            "INSERT INTO notifications ({NOTIFICATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19) \
-             ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO NOTHING \
-             RETURNING id"
-        );
-        let mut out = Vec::with_capacity(rows.len());
         let _write = self.write_lock().await;
         // IMMEDIATE: take the write lock now, not at the first insert.
         let mut tx = SqliteTx::begin(&self.pool, "BEGIN IMMEDIATE").await?;
+        let mut found: HashMap<Key, i64> = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(CHUNK) {
+            let mut sql = format!("INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES ");
+            for r in 0..chunk.len() {
+                let p = |c: usize| format!("${}", r * 19 + c);
+                sql.push_str(if r == 0 { "(" } else { ", (" });
+                let cols: Vec<String> = (1..=18).map(p).chain([p(18), p(19)]).collect();
+                sql.push_str(&cols.join(", "));
+                sql.push(')');
+            }
+            sql.push_str(
+                " ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO NOTHING \
+                 RETURNING id, account, role, receipt, transaction_type, transaction_time",
+            );
+            let mut q =
+                sqlx::query_as::<_, (i64, String, String, String, String, DateTime<Utc>)>(&sql);
+            for u in chunk {
+                let (row, x) = (u.row, &u.row.notification);
+                q = q
+                    .bind(text(row.account.as_str()))
+                    .bind(text(x.role.as_str()))
+                    .bind(text(x.receipt.as_str()))
+                    .bind(text(x.transaction_type.as_str()))
+                    .bind(x.transaction_time)
+                    .bind(x.vendor.as_deref().map(text))
+                    .bind(x.affiliate.as_deref().map(text))
+                    .bind(decimal_text(x.total_account_amount))
+                    .bind(decimal_text(x.total_order_amount))
+                    .bind(decimal_text(x.total_tax_amount))
+                    .bind(decimal_text(x.total_shipping_amount))
+                    .bind(x.currency.as_deref().map(text))
+                    .bind(x.version.as_deref().map(text))
+                    .bind(x.attempt_count)
+                    .bind(row.form.as_str())
+                    .bind(text(&x.payload))
+                    .bind(row.source_ip.map(|ip| ip.to_string()))
+                    .bind(row.received_at)
+                    .bind(u.copies - 1);
+            }
+            for (id, a, r, rc, t, tt) in q.fetch_all(&mut *tx).await? {
+                found.insert((a, r, rc, t, tt), id);
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        let mut new_runs: Vec<(i64, &ActionRef, DateTime<Utc>)> = Vec::new();
         for u in rows {
             let (row, x) = (u.row, &u.row.notification);
-            let id: Option<i64> = sqlx::query_scalar(&insert)
-                .bind(text(row.account.as_str()))
-                .bind(text(x.role.as_str()))
-                .bind(text(x.receipt.as_str()))
-                .bind(text(x.transaction_type.as_str()))
-                .bind(x.transaction_time)
-                .bind(x.vendor.as_deref().map(text))
-                .bind(x.affiliate.as_deref().map(text))
-                .bind(decimal_text(x.total_account_amount))
-                .bind(decimal_text(x.total_order_amount))
-                .bind(decimal_text(x.total_tax_amount))
-                .bind(decimal_text(x.total_shipping_amount))
-                .bind(x.currency.as_deref().map(text))
-                .bind(x.version.as_deref().map(text))
-                .bind(x.attempt_count)
-                .bind(row.form.as_str())
-                .bind(text(&x.payload))
-                .bind(row.source_ip.map(|ip| ip.to_string()))
-                .bind(row.received_at)
-                .bind(u.copies - 1)
-                .fetch_optional(&mut *tx)
-                .await?;
-            out.push(match id {
-                Some(id) => {
-                    let mut runs = Vec::with_capacity(row.actions.len());
-                    for a in &row.actions {
-                        let run: i64 = sqlx::query_scalar(
-                            "INSERT INTO action_runs (notification_id, action, created_at, next_attempt_at) \
-                             VALUES ($1, $2, $3, $3) RETURNING id",
-                        )
-                        .bind(id)
-                        .bind(&*a.name)
-                        .bind(row.received_at)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        runs.push(NewRun {
-                            id: run,
-                            action: a.name.clone(),
-                        });
-                    }
-                    Upserted::Inserted(id, runs)
+            match found.get(&stored_key(u)) {
+                Some(&id) => {
+                    new_runs.extend(row.actions.iter().map(|a| (id, a, row.received_at)));
+                    out.push(Upserted::Inserted(id, Vec::new()));
                 }
                 None => {
                     let (id, payload): (i64, String) = sqlx::query_as(COUNT_DUPLICATES)
@@ -167,9 +186,56 @@ impl SqliteStore {
                         .bind(row.received_at)
                         .fetch_one(&mut *tx)
                         .await?;
-                    Upserted::Existing(id, payload)
+                    out.push(Upserted::Existing(id, payload));
                 }
-            });
+            }
+        }
+        let mut runs: HashMap<i64, Vec<NewRun>> = HashMap::new();
+        for chunk in new_runs.chunks(CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO action_runs \
+                     (notification_id, action, created_at, next_attempt_at, status, attempts, lease_until) \
+                 VALUES ",
+            );
+            for r in 0..chunk.len() {
+                let p = |c: usize| format!("${}", r * 4 + c);
+                sql.push_str(&format!(
+                    "{}({}, {}, {}, {}, CASE WHEN {} IS NULL THEN 'pending' ELSE 'running' END, \
+                     CASE WHEN {} IS NULL THEN 0 ELSE 1 END, {})",
+                    if r == 0 { "" } else { ", " },
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(3),
+                    p(4),
+                    p(4),
+                    p(4)
+                ));
+            }
+            sql.push_str(" RETURNING id, notification_id, action");
+            let mut q = sqlx::query_as::<_, (i64, i64, String)>(&sql);
+            for (id, a, at) in chunk {
+                q = q.bind(id).bind(&*a.name).bind(at).bind(a.claimed_until);
+            }
+            let mut by_key: HashMap<(i64, String), &ActionRef> = chunk
+                .iter()
+                .map(|(id, a, _)| ((*id, a.name.to_string()), *a))
+                .collect();
+            for (run, notification, action) in q.fetch_all(&mut *tx).await? {
+                let a = by_key
+                    .remove(&(notification, action))
+                    .ok_or(StoreError::MissingRow)?;
+                runs.entry(notification).or_default().push(NewRun {
+                    id: run,
+                    action: a.name.clone(),
+                    claimed_until: a.claimed_until,
+                });
+            }
+        }
+        for up in &mut out {
+            if let Upserted::Inserted(id, r) = up {
+                *r = runs.remove(id).unwrap_or_default();
+            }
         }
         // SQLite runs in this process: a COMMIT that fails did not commit
         // (the guard then discards the connection, rolling back what is left).
