@@ -34,6 +34,7 @@ pub struct App {
     dispatcher: tokio::task::JoinHandle<()>,
     keeper: tokio::task::JoinHandle<()>,
     projector: tokio::task::JoinHandle<()>,
+    alerts: tokio::task::JoinHandle<()>,
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -122,7 +123,8 @@ impl App {
             metrics.clone(),
         );
         let ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
-        let reports = Reports::new(store.clone());
+        let reports = Reports::new(store.clone(), Some(live.clone()));
+        let alerts = crate::alerts::spawn(store.clone(), live.clone(), token.clone());
         let projector = reports.clone().spawn(ingest.subscribe(), token.clone());
         let admin = match settings.admin.resolve(settings.tls.mode)? {
             None => None,
@@ -173,6 +175,7 @@ impl App {
             dispatcher,
             keeper,
             projector,
+            alerts,
             token,
             router,
             tls,
@@ -274,6 +277,7 @@ impl App {
         }
         // The projector saw the token too; what it did not project, the next start will.
         let _ = tokio::time::timeout(self.grace, self.projector).await;
+        let _ = tokio::time::timeout(self.grace, self.alerts).await;
         // The dispatcher saw the same token: it stopped claiming and drains itself.
         if let Err(e) = self.dispatcher.await {
             tracing::error!(error = %e, "dispatcher: ended abnormally");

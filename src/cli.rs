@@ -269,7 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if matches!(command, ReportCommand::Rebuild) {
                 store.clear_reports().await?;
             }
-            let reports = crate::report::Reports::new(store.clone());
+            let reports = crate::report::Reports::new(store.clone(), None);
             let started = std::time::Instant::now();
             let total = reports.backfill().await?;
             println!(

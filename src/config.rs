@@ -10,6 +10,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod alerts;
+
+pub use alerts::AlertSettings;
+
 use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -46,6 +50,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub accounts: Vec<AccountSettings>,
     pub actions: Vec<ActionSettings>,
+    pub alerts: Vec<AlertSettings>,
     pub log: LogSettings,
 }
 
@@ -521,7 +526,7 @@ impl Default for ActionSettings {
 }
 
 /// Which notifications an action runs for. Empty lists match everything.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WhenSettings {
     pub types: Vec<String>,
@@ -534,6 +539,22 @@ pub struct WhenSettings {
     pub min_amount: Option<String>,
     /// TEST and TEST_* notifications (the account's Test button) match only when true.
     pub include_tests: bool,
+    /// Runs for notifications at all: `false` makes an action for alerts only.
+    pub notifications: bool,
+}
+
+impl Default for WhenSettings {
+    fn default() -> Self {
+        Self {
+            types: Vec::new(),
+            roles: Vec::new(),
+            accounts: Vec::new(),
+            items: Vec::new(),
+            min_amount: None,
+            include_tests: false,
+            notifications: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

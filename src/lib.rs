@@ -6,11 +6,13 @@
 //! a live [`reload`]. [`report`] derives the dashboard's figures from the
 //! stored notifications; the separate [`admin`] listener serves them (pages,
 //! live feed, JSON API) and the [`metrics`]. [`demo`] writes a seeded
-//! history through the same pipeline.
+//! history through the same pipeline. [`alerts`] watches the reports,
+//! rejected posts and the outbox, and warns through the actions.
 //! `main.rs` only calls [`cli::run`]; [`app`] is the wiring.
 
 pub mod actions;
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::actions::Actions;
+use crate::alerts::Rules;
 use crate::config::{invalid, AccountSettings, ConfigError, Settings, DEMO_SECRET_KEY};
 use crate::ins::{AccountKey, AccountKeys, AccountName};
 
@@ -33,6 +34,7 @@ pub struct Runtime {
     pub allowed_ips: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
     pub actions: Arc<Actions>,
+    pub alerts: Arc<Rules>,
     /// Bound on one commit (and on `/readyz`'s probe).
     pub commit_timeout: Duration,
     /// Legacy `cverify` failures allowed per address per minute.
@@ -72,12 +74,14 @@ impl Runtime {
             .enumerate()
             .map(|(i, a)| (a.keys.name.as_str().to_owned(), i))
             .collect();
+        let actions = Actions::from_settings(&settings.actions)?;
         Ok(Runtime {
             accounts,
             by_name,
             allowed_ips: settings.security.allowed_ips.clone(),
             trusted_proxies: settings.security.trusted_proxies.clone(),
-            actions: Arc::new(Actions::from_settings(&settings.actions)?),
+            alerts: Arc::new(Rules::build(&settings.alerts, &actions)?),
+            actions: Arc::new(actions),
             commit_timeout: Duration::from_millis(settings.database.commit_timeout_ms),
             max_auth_failures_per_minute: settings.security.max_auth_failures_per_minute,
         })

@@ -77,6 +77,11 @@ impl Command {
                 .env("KACHING_AMOUNT", n.amounts.account.as_deref().unwrap_or(""))
                 .env("KACHING_CURRENCY", n.currency.as_deref().unwrap_or(""));
         }
+        if let Event::Alert(a) = event {
+            cmd.env("KACHING_ALERT_KIND", &a.alert.kind)
+                .env("KACHING_ALERT_STATE", &a.alert.state)
+                .env("KACHING_ACCOUNT", a.alert.account.as_deref().unwrap_or(""));
+        }
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }

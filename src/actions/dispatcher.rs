@@ -534,7 +534,18 @@ async fn execute(
                 return None;
             }
         },
-        RunSubject::Alert(alert) => action.alert_event(alert),
+        RunSubject::Alert(subject) => match store.alert(subject.id).await {
+            Ok(Some(alert)) => action.alert_event(&alert, subject.event),
+            Ok(None) => {
+                return Some(RunOutcome::Failed {
+                    error: format!("alert {} is not in the database", subject.id),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatcher: cannot load the alert");
+                return None;
+            }
+        },
     };
     let started = std::time::Instant::now();
     // Each kind enforces `timeout` itself and says how it ended; this bound

@@ -7,7 +7,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::ins::BodyForm;
-use crate::store::{AlertSubject, StoredNotification};
+use crate::store::{AlertPhase, AlertRow, StoredNotification};
 
 /// What an action receives: about a notification (the documented event),
 /// or about another subject.
@@ -15,20 +15,40 @@ use crate::store::{AlertSubject, StoredNotification};
 #[serde(untagged)]
 pub enum Event {
     Notification(Box<NotificationEvent>),
-    /// Provisional: the minimal shape of an alert's event until alerts
-    /// arrive (a later issue); not documented for users yet.
-    Alert(AlertEvent),
+    /// About an alert firing or resolving.
+    Alert(Box<AlertEvent>),
 }
 
-/// Provisional (see [`Event::Alert`]): `{"id": "alr_7", "type": "alert",
-/// "alert": {"id": 7, "subject": "…"}}`.
+/// The event of an alert (README, "Alerts"): `{"id": "alr_7", "type":
+/// "alert", "event": "fired", "alert": {…}}`; its resolution is a second
+/// event, `alr_7_resolved`, with `"event": "resolved"`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertEvent {
-    /// `alr_` and the alert's id: every delivery of one alert carries the same.
+    /// `alr_` and the alert's id (and `_resolved`): every delivery of one
+    /// alert's firing, or of its resolution, carries the same.
     pub id: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub alert: AlertSubject,
+    pub event: AlertPhase,
+    pub alert: AlertBody,
+}
+
+/// The alert itself, as stored; never personal data.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertBody {
+    pub id: i64,
+    pub rule: String,
+    pub kind: String,
+    /// firing, resolved or fired (a one-shot event).
+    pub state: String,
+    pub account: Option<String>,
+    pub subject: String,
+    pub title: String,
+    pub message: String,
+    pub details: Value,
+    pub fired_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_message: Option<String>,
 }
 
 /// The event of a notification, as the README documents it.
@@ -159,13 +179,31 @@ impl Event {
         }))
     }
 
-    /// The event of an alert (provisional, see [`Event::Alert`]).
-    pub fn alert(alert: &AlertSubject) -> Event {
-        Event::Alert(AlertEvent {
-            id: format!("alr_{}", alert.id),
+    /// The event of an alert's firing or resolution.
+    pub fn alert(row: &AlertRow, phase: AlertPhase) -> Event {
+        let id = match phase {
+            AlertPhase::Fired => format!("alr_{}", row.id),
+            AlertPhase::Resolved => format!("alr_{}_resolved", row.id),
+        };
+        Event::Alert(Box::new(AlertEvent {
+            id,
             kind: "alert",
-            alert: alert.clone(),
-        })
+            event: phase,
+            alert: AlertBody {
+                id: row.id,
+                rule: row.rule.clone(),
+                kind: row.kind.clone(),
+                state: row.state.clone(),
+                account: row.account.clone(),
+                subject: row.subject.clone(),
+                title: row.title.clone(),
+                message: row.message.clone(),
+                details: serde_json::from_str(&row.details).unwrap_or(Value::Null),
+                fired_at: row.fired_at,
+                resolved_at: row.resolved_at,
+                resolved_message: row.resolved_message.clone(),
+            },
+        }))
     }
 
     /// Stable across deliveries of one subject: webhook ids, message ids.

@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 
 use crate::config::{invalid, ActionSettings, ConfigError};
 use crate::ins::{Notification, TransactionType};
-use crate::store::{ActionRef, AlertSubject, RunOutcome, StoredNotification};
+use crate::store::{ActionRef, AlertPhase, AlertRow, RunOutcome, StoredNotification};
 
 pub use dispatcher::Dispatcher;
 pub use event::Event;
@@ -68,6 +68,8 @@ struct Filter {
     items: Vec<String>,
     min_amount: Option<Decimal>,
     include_tests: bool,
+    /// `when.notifications = false`: an action for alerts only.
+    notifications: bool,
 }
 
 impl Filter {
@@ -75,7 +77,8 @@ impl Filter {
     /// the ins layer parsed, stored or not.
     fn matches(&self, account: &str, n: &Notification) -> bool {
         let listed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
-        (!n.transaction_type.is_test() || self.include_tests)
+        self.notifications
+            && (!n.transaction_type.is_test() || self.include_tests)
             && (self.types.is_empty() || self.types.contains(&n.transaction_type))
             && listed(&self.roles, n.role.as_str())
             && listed(&self.accounts, account)
@@ -200,6 +203,10 @@ impl Action {
                         action = %self.name,
                         event = %a.id,
                         alert = a.alert.id,
+                        rule = %a.alert.rule,
+                        kind = %a.alert.kind,
+                        subject = %a.alert.subject,
+                        title = %a.alert.title,
                         "action: alert"
                     ),
                 }
@@ -216,9 +223,9 @@ impl Action {
         }
     }
 
-    /// The event this action sends for an alert (provisional, see [`Event::Alert`]).
-    pub fn alert_event(&self, alert: &AlertSubject) -> Event {
-        Event::alert(alert)
+    /// The event this action sends for an alert's firing or resolution.
+    pub fn alert_event(&self, alert: &AlertRow, phase: AlertPhase) -> Event {
+        Event::alert(alert, phase)
     }
 
     /// Does this action run for a stored notification? (`kaching replay`)
@@ -314,6 +321,7 @@ impl Actions {
                     items: s.when.items.clone(),
                     min_amount,
                     include_tests: s.when.include_tests,
+                    notifications: s.when.notifications,
                 },
                 kind,
             });
@@ -397,6 +405,7 @@ mod tests {
             items: vec![],
             min_amount: None,
             include_tests: false,
+            notifications: true,
         }
     }
 
@@ -436,6 +445,11 @@ mod tests {
                 f(&|f| f.include_tests = true),
                 subject("TEST", "1.00", p),
                 true,
+            ),
+            (
+                f(&|f| f.notifications = false),
+                subject("SALE", "1.00", p),
+                false,
             ),
             (
                 f(&|f| f.types = vec![TransactionType::Sale]),

@@ -20,7 +20,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Rules;
 use crate::ingest::Committed;
+use crate::runtime::Live;
 use crate::store::{Store, StoreError};
 
 pub use project::Pass;
@@ -40,15 +42,19 @@ const TICK: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Reports {
     store: Store,
+    /// The runtime whose alert rules the projector observes with (`None`:
+    /// commands that only count).
+    live: Option<Live>,
     cursor: Mutex<project::Cursor>,
     /// What the last pass left (0: caught up), for the pages' banner.
     remaining: AtomicI64,
 }
 
 impl Reports {
-    pub fn new(store: Store) -> Arc<Reports> {
+    pub fn new(store: Store, live: Option<Live>) -> Arc<Reports> {
         Arc::new(Reports {
             store,
+            live,
             cursor: Mutex::new(project::Cursor::default()),
             remaining: AtomicI64::new(0),
         })
@@ -58,12 +64,23 @@ impl Reports {
         &self.store
     }
 
+    fn rules(&self) -> Option<Arc<Rules>> {
+        self.live.as_ref().map(|l| l.load().alerts.clone())
+    }
+
     /// Projects what is pending, up to a budget; the figures read next
     /// include every notification committed before this call unless the
     /// returned pass is not caught up.
     pub async fn catch_up(&self) -> Result<Pass, StoreError> {
         let mut cursor = self.cursor.lock().await;
-        let pass = project::pass(&self.store, &mut cursor, READ_BUDGET, false).await?;
+        let pass = project::pass(
+            &self.store,
+            &mut cursor,
+            READ_BUDGET,
+            false,
+            self.rules().as_deref(),
+        )
+        .await?;
         self.remaining.store(pass.remaining, Ordering::Relaxed);
         Ok(pass)
     }
@@ -76,16 +93,29 @@ impl Reports {
         let mut cursor = self.cursor.lock().await;
         let mut total = 0;
         loop {
-            let pass = project::pass(&self.store, &mut cursor, usize::MAX, true).await?;
+            let pass = project::pass(
+                &self.store,
+                &mut cursor,
+                usize::MAX,
+                true,
+                self.rules().as_deref(),
+            )
+            .await?;
             total += pass.projected;
             if pass.caught_up {
                 break;
             }
         }
         cursor.force_verify();
-        total += project::pass(&self.store, &mut cursor, usize::MAX, true)
-            .await?
-            .projected;
+        total += project::pass(
+            &self.store,
+            &mut cursor,
+            usize::MAX,
+            true,
+            self.rules().as_deref(),
+        )
+        .await?
+        .projected;
         self.remaining.store(0, Ordering::Relaxed);
         Ok(total)
     }
@@ -121,11 +151,12 @@ impl Reports {
                 while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
                     commits.try_recv()
                 {}
+                let rules = self.rules();
                 let pass = {
                     let mut cursor = self.cursor.lock().await;
                     tokio::select! {
                         _ = token.cancelled() => return,
-                        p = project::pass(&self.store, &mut cursor, TASK_BUDGET, true) => p,
+                        p = project::pass(&self.store, &mut cursor, TASK_BUDGET, true, rules.as_deref()) => p,
                     }
                 };
                 match pass {

@@ -17,10 +17,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::alerts::Rules;
 use crate::report::facts::{Dim, Facts, Kind};
 use crate::store::{
-    Counters, DailyKey, FactRow, Projection, SaleFacts, Store, StoreError, StoredNotification,
-    SubscriptionChange,
+    Counters, DailyKey, FactRow, HourRow, Projection, SaleFacts, Store, StoreError,
+    StoredNotification, SubscriptionChange,
 };
 
 /// Notifications per transaction.
@@ -84,6 +85,7 @@ pub async fn pass(
     cursor: &mut Cursor,
     budget: usize,
     may_verify: bool,
+    rules: Option<&Rules>,
 ) -> Result<Pass, StoreError> {
     let (watermark, max_id) = store.report_position().await?;
     let verify = cursor.resume.is_none()
@@ -106,7 +108,7 @@ pub async fn pass(
         let full = rows.len() as i64 == batch;
         if let Some(last) = rows.last() {
             after = last.id;
-            let projection = project(store, &rows).await?;
+            let projection = project(store, &rows, rules).await?;
             store.apply_projection(&projection).await?;
             projected += rows.len();
         }
@@ -160,8 +162,13 @@ pub async fn pass(
 
 /// What `rows` (in id order) add to the reports. Reads the sales that
 /// reversals in `rows` refer to, when they are not in `rows`.
-async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projection, StoreError> {
+async fn project(
+    store: &Store,
+    rows: &[StoredNotification],
+    rules: Option<&Rules>,
+) -> Result<Projection, StoreError> {
     let mut daily: HashMap<DailyKey, (Counters, String)> = HashMap::new();
+    let mut hourly: HashMap<(String, String), HourRow> = HashMap::new();
     let mut sales: HashMap<(String, String), SaleFacts> = HashMap::new();
     let mut out = Projection::default();
     for row in rows {
@@ -187,6 +194,29 @@ async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projectio
                 }
             };
         let kind = f.kind;
+        let at = row.notification.transaction_time;
+        let hour = hourly
+            .entry((account.clone(), at.format("%Y-%m-%dT%H").to_string()))
+            .or_insert_with_key(|(account, hour)| HourRow {
+                account: account.clone(),
+                hour: hour.clone(),
+                sales: 0,
+                tests: 0,
+                others: 0,
+                last_sale_at: None,
+                last_test_at: None,
+            });
+        match kind {
+            Kind::Sale => {
+                hour.sales += 1;
+                hour.last_sale_at = hour.last_sale_at.max(Some(at));
+            }
+            Kind::Test => {
+                hour.tests += 1;
+                hour.last_test_at = hour.last_test_at.max(Some(at));
+            }
+            _ => hour.others += 1,
+        }
         let own = |micros: i64| match kind {
             Kind::Sale => Counters {
                 sales: 1,
@@ -310,5 +340,13 @@ async fn project(store: &Store, rows: &[StoredNotification]) -> Result<Projectio
     // One order for every writer of these rows, so two passes cannot deadlock.
     daily.sort_by(|a, b| a.0.cmp(&b.0));
     out.daily = daily;
+    let mut hourly: Vec<HourRow> = hourly.into_values().collect();
+    hourly.sort_by(|a, b| (&a.account, &a.hour).cmp(&(&b.account, &b.hour)));
+    out.hourly = hourly;
+    if let Some(rules) = rules.filter(|r| !r.is_empty()) {
+        let observed = crate::alerts::observe(store, rules, rows, chrono::Utc::now()).await?;
+        out.alerts = observed.alerts;
+        out.schema = observed.schema;
+    }
     Ok(out)
 }

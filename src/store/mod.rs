@@ -10,6 +10,7 @@
 //! correctly), and amounts are read back `CAST(… AS TEXT)`. Only the batch
 //! insert is written per backend.
 
+pub(crate) mod alerts;
 mod postgres;
 mod report;
 mod runs;
@@ -30,14 +31,17 @@ use rust_decimal::Decimal;
 use crate::config::DatabaseSettings;
 use crate::ins::{AccountName, BodyForm, Notification, Receipt, Role, TransactionType};
 
+pub use self::alerts::{
+    AlertPhase, AlertRow, AlertSubject, FailedRun, Firing, HourRow, NewAlert, RefundDay,
+    RejectedSeen, SchemaPath,
+};
 pub use self::postgres::PgStore;
 pub use self::report::{
     CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
     SaleFacts, SubscriptionChange, SumQuery, SumRow,
 };
 pub use self::runs::{
-    ActionRef, AlertSubject, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus,
-    RunSubject,
+    ActionRef, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus, RunSubject,
 };
 pub use self::sqlite::SqliteStore;
 pub use self::writer::Writer;

@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    on_pool, relaxed_tx, text, NotificationRow, Store, StoreError, StoredNotification,
-    NOTIFICATION_SELECT,
+    on_pool, relaxed_tx, text, Firing, HourRow, NotificationRow, SchemaPath, Store, StoreError,
+    StoredNotification, NOTIFICATION_SELECT,
 };
 
 /// Daily sums' counters, in the column order of `report_daily`.
@@ -141,6 +141,13 @@ pub struct Projection {
     pub facts: Vec<FactRow>,
     pub daily: Vec<(DailyKey, Counters, String)>,
     pub subscriptions: Vec<SubscriptionChange>,
+    /// What to add to `report_hourly`.
+    pub hourly: Vec<HourRow>,
+    /// schema_drift's paths: `seen` to add, `kinds` as they are now.
+    pub schema: Vec<SchemaPath>,
+    /// Alerts the batch fired (chargebacks, schema changes), delivered by
+    /// runs written in the same transaction.
+    pub alerts: Vec<Firing>,
     /// The new watermark: every committed notification up to it is projected.
     pub watermark: Option<i64>,
 }
@@ -152,6 +159,29 @@ pub struct SaleFacts {
     pub currency: String,
     pub dims: String,
 }
+
+/// Adds an hour's counts; the latest times win.
+const HOURLY_UPSERT: &str = "INSERT INTO report_hourly \
+        (account, hour, sales, tests, others, last_sale_at, last_test_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ON CONFLICT (account, hour) DO UPDATE SET \
+        sales = report_hourly.sales + excluded.sales, \
+        tests = report_hourly.tests + excluded.tests, \
+        others = report_hourly.others + excluded.others, \
+        last_sale_at = CASE WHEN report_hourly.last_sale_at IS NULL \
+            OR excluded.last_sale_at > report_hourly.last_sale_at \
+            THEN COALESCE(excluded.last_sale_at, report_hourly.last_sale_at) \
+            ELSE report_hourly.last_sale_at END, \
+        last_test_at = CASE WHEN report_hourly.last_test_at IS NULL \
+            OR excluded.last_test_at > report_hourly.last_test_at \
+            THEN COALESCE(excluded.last_test_at, report_hourly.last_test_at) \
+            ELSE report_hourly.last_test_at END";
+
+/// Adds to a learned path's count and sets its kinds.
+const SCHEMA_UPSERT: &str = "INSERT INTO schema_paths \
+        (account, version, transaction_type, path, kinds, seen) VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT (account, version, transaction_type, path) DO UPDATE SET \
+        seen = schema_paths.seen + excluded.seen, kinds = excluded.kinds";
 
 /// Rows per multi-row statement (up to 17 parameters each). Small: SQLite
 /// finds each parameter by name through a list, so binding costs the
@@ -211,8 +241,11 @@ impl Store {
     /// Writes one pass in one transaction. A facts row that exists already
     /// (another process projected it) fails the whole pass, so no sum is
     /// ever added twice.
-    pub async fn apply_projection(&self, p: &Projection) -> Result<(), StoreError> {
+    /// Writes a pass's projection in one transaction; returns the ids of
+    /// the alerts it fired.
+    pub async fn apply_projection(&self, p: &Projection) -> Result<Vec<i64>, StoreError> {
         let upsert = daily_upsert_sql(CHUNK);
+        let mut fired = Vec::new();
         relaxed_tx!(self, tx => {
             for chunk in p.facts.chunks(CHUNK) {
                 let mut sql = String::from(
@@ -263,6 +296,35 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             }
+            for h in &p.hourly {
+                sqlx::query(HOURLY_UPSERT)
+                    .bind(h.account.as_str())
+                    .bind(h.hour.as_str())
+                    .bind(h.sales)
+                    .bind(h.tests)
+                    .bind(h.others)
+                    .bind(h.last_sale_at)
+                    .bind(h.last_test_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for path in &p.schema {
+                sqlx::query(SCHEMA_UPSERT)
+                    .bind(path.account.as_str())
+                    .bind(text(&path.version).into_owned())
+                    .bind(text(&path.transaction_type).into_owned())
+                    .bind(text(&path.path).into_owned())
+                    .bind(path.kinds.as_str())
+                    .bind(path.seen)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let now = chrono::Utc::now();
+            for firing in &p.alerts {
+                if let Some((id, _)) = super::alerts::fire_in!(tx, firing, now) {
+                    fired.push(id);
+                }
+            }
             if let Some(w) = p.watermark {
                 sqlx::query(
                     "UPDATE report_state SET last_id = CASE WHEN last_id < $1 THEN $1 ELSE last_id END \
@@ -273,7 +335,7 @@ impl Store {
                 .await?;
             }
         });
-        Ok(())
+        Ok(fired)
     }
 
     /// Empties the report tables and rewinds the watermark: the projector
@@ -284,6 +346,7 @@ impl Store {
                 "DELETE FROM report_facts",
                 "DELETE FROM report_daily",
                 "DELETE FROM report_subscriptions",
+                "DELETE FROM report_hourly",
                 "UPDATE report_state SET last_id = 0",
             ] {
                 sqlx::query(sql).execute(&mut *tx).await?;

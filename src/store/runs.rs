@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{on_pool, relaxed_tx, text, Store, StoreError};
+use super::{on_pool, relaxed_tx, text, AlertSubject, Store, StoreError};
 
 /// An action a new notification gets a run for. By name, the key runs are
 /// stored under: stable across restarts and config edits (a renamed action
@@ -42,14 +42,6 @@ pub struct NewRun {
 pub enum RunSubject {
     Notification(i64),
     Alert(AlertSubject),
-}
-
-/// Provisional: the shape of an alert until alerts arrive (a later issue
-/// gives them a table of their own). Stored as JSON in `action_runs.subject`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AlertSubject {
-    pub id: i64,
-    pub subject: String,
 }
 
 impl RunSubject {
@@ -156,7 +148,13 @@ impl RunRow {
                     .and_then(|s| serde_json::from_str::<AlertSubject>(s).ok())
                     .map(|a| a.id.to_string())
                     .unwrap_or_default();
-                format!("alert {id}")
+                let event = self
+                    .subject
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<AlertSubject>(s).ok())
+                    .filter(|a| a.event == super::AlertPhase::Resolved)
+                    .map_or("", |_| " (resolved)");
+                format!("alert {id}{event}")
             }
             (None, kind) => kind.to_owned(),
         }

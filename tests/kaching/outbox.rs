@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kaching::config::{ActionSettings, RetrySettings};
-use kaching::store::{AlertSubject, RunRow, RunStatus, RunSubject, Store};
+use kaching::store::{AlertPhase, AlertSubject, Firing, NewAlert, RunRow, RunStatus, Store};
 
 use crate::on_both_backends;
 use crate::support::{sale, Backend, TestApp, KEY};
@@ -149,15 +149,36 @@ async fn a_run_about_an_alert_is_claimed_executed_and_recorded_done(backend: Bac
     let Some(app) = TestApp::spawn(backend, |s| s.actions.push(log_action("ops"))).await else {
         return;
     };
-    let alert = AlertSubject {
-        id: 7,
-        subject: "the disk is almost full".into(),
+    let firing = Firing {
+        alert: NewAlert {
+            rule: "disk".into(),
+            kind: "dead_letter",
+            account: None,
+            subject: "the disk".into(),
+            one_shot: true,
+            title: "The disk is almost full".into(),
+            message: "…".into(),
+            details: serde_json::json!({}),
+        },
+        notify: vec!["ops".into()],
+        quiet_since: Utc::now(),
     };
-    let id = app
+    let (alert_id, runs) = app
         .store
-        .enqueue_run(&RunSubject::Alert(alert.clone()), "ops", Utc::now())
+        .fire_alert(&firing, Utc::now())
         .await
+        .unwrap()
         .unwrap();
+    // Open already: firing it again writes nothing.
+    assert_eq!(
+        app.store.fire_alert(&firing, Utc::now()).await.unwrap(),
+        None
+    );
+    let id = runs[0].id;
+    let alert = AlertSubject {
+        id: alert_id,
+        event: AlertPhase::Fired,
+    };
     let done = eventually(WAIT, "the alert's run to be done", || async {
         app.store
             .list_runs(Some(RunStatus::Done), Some("ops"), 10)
@@ -177,7 +198,7 @@ async fn a_run_about_an_alert_is_claimed_executed_and_recorded_done(backend: Bac
         ),
         ("alert", None, None, 1, None)
     );
-    assert_eq!(done.subject_label(), "alert 7");
+    assert_eq!(done.subject_label(), format!("alert {alert_id}"));
     let stored: AlertSubject = serde_json::from_str(done.subject.as_deref().unwrap()).unwrap();
     assert_eq!(stored, alert);
     app.stop().await;

@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, stored) = store.report_position().await?;
 
     // Backfill the reports, timed.
-    let reports = kaching::report::Reports::new(store.clone());
+    let reports = kaching::report::Reports::new(store.clone(), None);
     let started = Instant::now();
     let projected = reports.backfill().await?;
     let took = started.elapsed();
