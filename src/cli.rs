@@ -71,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ActionsCommand,
     },
+    /// Alerts the [[alerts]] rules fired.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// Create new runs of an action for stored notifications (for example
     /// after adding the action). The running daemon executes them.
     Replay {
@@ -141,6 +146,24 @@ pub enum ReportCommand {
     /// Empty the report tables and count every stored notification again
     /// (after a fix to how notifications are read). Stop the daemon first.
     Rebuild,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Show alerts, newest first: current and past.
+    List {
+        /// Only those still firing.
+        #[arg(long)]
+        firing: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate every timer rule once, now, as the daemon does (what fires
+    /// is delivered by the running daemon's dispatcher).
+    Evaluate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +336,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             store.close().await;
+            Ok(())
+        }
+        Command::Alerts { command } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings, true).await?;
+            match command {
+                AlertsCommand::List {
+                    firing,
+                    limit,
+                    json,
+                } => {
+                    let alerts = store.list_alerts(*firing, *limit).await?;
+                    if *json {
+                        for a in &alerts {
+                            println!("{}", serde_json::to_string(a)?);
+                        }
+                    } else {
+                        println!(
+                            "{:>5}  {:<16}  {:<14}  {:<8}  {:<20}  title",
+                            "id", "rule", "kind", "state", "fired at"
+                        );
+                        for a in alerts {
+                            println!(
+                                "{:>5}  {:<16}  {:<14}  {:<8}  {:<20}  {}",
+                                a.id,
+                                a.rule,
+                                a.kind,
+                                a.state,
+                                a.fired_at.format("%Y-%m-%d %H:%M:%S"),
+                                a.title
+                            );
+                        }
+                    }
+                }
+                AlertsCommand::Evaluate => {
+                    let runtime = crate::runtime::Runtime::build(&settings)?;
+                    // The rules read the reports: count what is not counted yet.
+                    crate::report::Reports::new(store.clone(), None)
+                        .backfill()
+                        .await?;
+                    let names: Vec<(&str, &str)> = runtime
+                        .alerts
+                        .iter()
+                        .map(|r| (&*r.name, r.kind.as_str()))
+                        .collect();
+                    let now = Utc::now();
+                    let seen = store.register_alert_rules(&names, now).await?;
+                    let accounts: Vec<String> = runtime
+                        .account_keys()
+                        .map(|k| k.name.as_str().to_owned())
+                        .collect();
+                    for rule in runtime.alerts.iter().filter(|r| r.kind.timed(r)) {
+                        let since = seen.get(&*rule.name).copied().unwrap_or(now);
+                        let verdicts =
+                            crate::alerts::evaluate(&store, rule, &accounts, since, now).await?;
+                        let firing = verdicts
+                            .iter()
+                            .filter(|v| matches!(v, crate::alerts::Verdict::Fire(_)))
+                            .count();
+                        let fired = crate::alerts::reconcile(&store, rule, verdicts, now).await?;
+                        println!(
+                            "{}: {firing} firing, {} newly fired",
+                            rule.name,
+                            fired.len()
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         Command::Actions { command } => {

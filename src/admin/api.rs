@@ -26,7 +26,22 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/api/v1/compare", get(compare))
         .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/notifications", get(notifications))
+        .route("/api/v1/alerts", get(alerts))
 }
+
+/// `GET /api/v1/alerts[?type=firing]`: the latest alerts, newest first.
+async fn alerts(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ViewError> {
+    let p = ViewParams::parse(q.as_deref());
+    let firing = p.get(&p.kind) == Some("firing");
+    let alerts = state.store.list_alerts(firing, ALERTS_SHOWN).await?;
+    Ok(Json(serde_json::json!({ "alerts": alerts })).into_response())
+}
+
+/// Alerts a listing shows.
+pub const ALERTS_SHOWN: i64 = 200;
 
 /// Why a view cannot answer.
 #[derive(Debug)]

@@ -26,7 +26,8 @@ use crate::store::{NewRun, RunStatus};
 /// The templates, parsed once at startup.
 pub struct Templates(Environment<'static>);
 
-const TEMPLATES: [(&str, &str); 11] = [
+const TEMPLATES: [(&str, &str); 12] = [
+    ("alerts.html", include_str!("templates/alerts.html")),
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
     ("error.html", include_str!("templates/error.html")),
@@ -100,6 +101,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/subscriptions", get(subscriptions))
         .route("/notifications", get(notifications))
         .route("/notifications/{id}", get(notification))
+        .route("/alerts", get(alerts))
         .route("/actions", get(actions))
         .route("/actions/retry", post(retry))
         .route("/rejected", get(rejected))
@@ -112,7 +114,7 @@ async fn frame(state: &AdminState, viewer: &Viewer, page: &str, p: &ViewParams) 
     let behind = state.reports.behind();
     context! {
         page,
-        scoped => !matches!(page, "actions" | "rejected"),
+        scoped => !matches!(page, "actions" | "rejected" | "alerts"),
         accounts,
         account => p.scope.account.clone().unwrap_or_default(),
         range => p.scope.range.clone().unwrap_or_default(),
@@ -432,6 +434,36 @@ async fn notification(
         ))
     }
     .await)
+}
+
+async fn alerts(
+    State(state): State<Arc<AdminState>>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let p = ViewParams::parse(q.as_deref());
+    let firing = p.get(&p.kind) == Some("firing");
+    page!(
+        state,
+        async {
+            let alerts: Vec<Value> = state
+                .store
+                .list_alerts(firing, api::ALERTS_SHOWN)
+                .await?
+                .into_iter()
+                .map(|a| {
+                    let details: Value = serde_json::from_str(&a.details).unwrap_or_default();
+                    context! { ..Value::from_serialize(&a), ..context! { details } }
+                })
+                .collect();
+            let ctx = frame(&state, &viewer, "alerts", &p).await;
+            Ok::<_, ViewError>(state.templates.render(
+                "alerts.html",
+                context! { ..ctx, ..context! { alerts, firing } },
+            ))
+        }
+        .await
+    )
 }
 
 async fn actions(

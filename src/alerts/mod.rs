@@ -344,10 +344,14 @@ pub enum Verdict {
 
 /// How often the engine looks for rules that are due.
 const TICK: Duration = Duration::from_secs(5);
+/// The first evaluation waits this long after start, so that the projector
+/// has counted what was stored while kaching was down (`kaching demo`).
+const START_DELAY: Duration = Duration::from_secs(10);
 
 /// Evaluates the timer rules until `token` is cancelled.
 pub fn spawn(store: Store, live: Live, token: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut started = false;
         let mut last: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();
         let mut registered: Vec<(String, String)> = Vec::new();
         let mut first_seen = HashMap::new();
@@ -369,6 +373,13 @@ pub fn spawn(store: Store, live: Live, token: CancellationToken) -> tokio::task:
                         registered = names;
                     }
                     Err(e) => tracing::warn!(error = %e, "alerts: cannot record the rules"),
+                }
+            }
+            if !started {
+                started = true;
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(START_DELAY) => {}
                 }
             }
             let accounts: Vec<String> = runtime

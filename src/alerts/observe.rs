@@ -15,10 +15,13 @@ use crate::ins::BodyForm;
 use crate::report::facts::{self, Facts};
 use crate::store::{Firing, SchemaPath, Store, StoreError, StoredNotification};
 
-/// A notification received longer ago than this (a backfill, `kaching
-/// demo`, a restart after a long outage) still teaches schema_drift but
+/// A notification received longer ago than this (a backfill, a restart
+/// after a long outage), or whose transaction is older than [`RECENT`]
+/// (`kaching demo` while the daemon runs), still teaches schema_drift but
 /// fires nothing: an alert is about what is happening now.
 pub const FRESH: chrono::Duration = chrono::Duration::hours(1);
+/// ClickBank's retries of one notification span about a day (protocol notes §2).
+pub const RECENT: chrono::Duration = chrono::Duration::days(3);
 
 /// What a batch fires and learns.
 #[derive(Debug, Default)]
@@ -46,9 +49,11 @@ pub async fn observe(
     let first_seen = store.alert_rules_seen().await?;
     // A rule the engine has not recorded yet fires nothing.
     let fresh = |rule: &Rule, n: &StoredNotification| {
-        first_seen
-            .get(&*rule.name)
-            .is_some_and(|t| n.received_at >= *t && n.received_at >= now - FRESH)
+        first_seen.get(&*rule.name).is_some_and(|t| {
+            n.received_at >= *t
+                && n.received_at >= now - FRESH
+                && n.notification.transaction_time >= now - RECENT
+        })
     };
     for n in rows {
         if facts::Kind::of(&n.notification.transaction_type) != facts::Kind::Chargeback {

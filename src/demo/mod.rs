@@ -68,6 +68,7 @@ pub async fn run(
     sales_per_day: f64,
 ) -> anyhow::Result<Summary> {
     settings.actions.clear();
+    settings.alerts.clear();
     settings.security.allowed_ips.clear();
     for a in &mut settings.accounts {
         a.allowed_ips.clear();

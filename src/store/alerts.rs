@@ -66,11 +66,18 @@ pub struct AlertRow {
     pub state: String,
     pub title: String,
     pub message: String,
-    /// JSON object.
+    /// JSON object (serialised as the object itself).
+    #[serde(serialize_with = "as_json")]
     pub details: String,
     pub fired_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_message: Option<String>,
+}
+
+fn as_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .unwrap_or(serde_json::Value::Null)
+        .serialize(s)
 }
 
 const ALERT_COLUMNS: &str = "id, rule, kind, account, subject, state, title, message, details, \

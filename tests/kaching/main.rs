@@ -9,6 +9,7 @@ mod target;
 
 mod actions;
 mod actions_email;
+mod alerts;
 mod cli;
 mod connections;
 mod crash;
