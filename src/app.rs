@@ -35,6 +35,7 @@ pub struct App {
     keeper: tokio::task::JoinHandle<()>,
     projector: tokio::task::JoinHandle<()>,
     alerts: tokio::task::JoinHandle<()>,
+    risk: tokio::task::JoinHandle<()>,
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -122,7 +123,28 @@ impl App {
             settings.security.rejected_max_rows,
             metrics.clone(),
         );
-        let ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
+        let slot: crate::risk::Slot = Default::default();
+        if let Err(e) = crate::risk::train::refresh(&store, &slot).await {
+            tracing::warn!(error = %e, "risk: cannot load the model; sales are not scored until one loads");
+        }
+        let retrain_every = settings
+            .risk
+            .retrain_every
+            .as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+            .context("risk.retrain_every is not a duration")?;
+        let risk = crate::risk::spawn(
+            store.clone(),
+            slot.clone(),
+            i64::from(settings.risk.window_days),
+            retrain_every,
+            token.clone(),
+        );
+        let mut ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
+        if settings.risk.enabled {
+            ingest = ingest.with_risk(slot);
+        }
         let reports = Reports::new(store.clone(), Some(live.clone()));
         let alerts = crate::alerts::spawn(store.clone(), live.clone(), token.clone());
         let projector = reports.clone().spawn(ingest.subscribe(), token.clone());
@@ -176,6 +198,7 @@ impl App {
             keeper,
             projector,
             alerts,
+            risk,
             token,
             router,
             tls,
@@ -278,6 +301,7 @@ impl App {
         // The projector saw the token too; what it did not project, the next start will.
         let _ = tokio::time::timeout(self.grace, self.projector).await;
         let _ = tokio::time::timeout(self.grace, self.alerts).await;
+        self.risk.abort();
         // The dispatcher saw the same token: it stopped claiming and drains itself.
         if let Err(e) = self.dispatcher.await {
             tracing::error!(error = %e, "dispatcher: ended abnormally");

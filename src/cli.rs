@@ -76,6 +76,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AlertsCommand,
     },
+    /// The refund-risk model.
+    Risk {
+        #[command(subcommand)]
+        command: RiskCommand,
+    },
     /// Create new runs of an action for stored notifications (for example
     /// after adding the action). The running daemon executes them.
     Replay {
@@ -146,6 +151,16 @@ pub enum ReportCommand {
     /// Empty the report tables and count every stored notification again
     /// (after a fix to how notifications are read). Stop the daemon first.
     Rebuild,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RiskCommand {
+    /// Fit a model on the matured sales, evaluate it on the newest of them,
+    /// and store it: new sales are scored with it from then on.
+    Train,
+    /// Evaluate on a time-based holdout (train on older, test on newer)
+    /// against the base rate and per-product rates; stores nothing.
+    Evaluate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -402,6 +417,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             fired.len()
                         );
                     }
+                }
+            }
+            Ok(())
+        }
+        Command::Risk { command } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings, true).await?;
+            let window = i64::from(settings.risk.window_days);
+            let now = Utc::now();
+            match command {
+                RiskCommand::Train => {
+                    let (id, model, evaluation) =
+                        crate::risk::train_and_store(&store, window, now).await?;
+                    print!("{}", crate::risk::report(&evaluation));
+                    println!("\nthe strongest effects (odds ratio against each feature's most common value):");
+                    for (feature, value, odds) in model.strongest(8) {
+                        println!("  {feature:<15} {value:<24} ×{odds:.2}");
+                    }
+                    println!(
+                        "\nstored as model {id}, fitted on all {} matured sales; the running daemon scores new sales with it within a minute",
+                        evaluation.train_sales + evaluation.test_sales
+                    );
+                }
+                RiskCommand::Evaluate => {
+                    let examples = crate::risk::training_set(&store, window, now).await?;
+                    let (_, evaluation) = crate::risk::evaluate(&examples, window)?;
+                    print!("{}", crate::risk::report(&evaluation));
                 }
             }
             Ok(())

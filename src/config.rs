@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 mod alerts;
 
-pub use alerts::AlertSettings;
+pub use alerts::{AlertSettings, RiskSettings};
 
 use ipnet::IpNet;
 use secrecy::SecretString;
@@ -51,6 +51,7 @@ pub struct Settings {
     pub accounts: Vec<AccountSettings>,
     pub actions: Vec<ActionSettings>,
     pub alerts: Vec<AlertSettings>,
+    pub risk: RiskSettings,
     pub log: LogSettings,
 }
 
@@ -541,6 +542,9 @@ pub struct WhenSettings {
     pub include_tests: bool,
     /// Runs for notifications at all: `false` makes an action for alerts only.
     pub notifications: bool,
+    /// Only sales whose refund-risk score is at least this (0–1); a sale
+    /// without a score (no model yet) does not match.
+    pub min_refund_risk: Option<f64>,
 }
 
 impl Default for WhenSettings {
@@ -553,6 +557,7 @@ impl Default for WhenSettings {
             min_amount: None,
             include_tests: false,
             notifications: true,
+            min_refund_risk: None,
         }
     }
 }

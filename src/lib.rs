@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod rejected;
 pub mod reload;
 pub mod report;
+pub mod risk;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;

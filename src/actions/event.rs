@@ -71,6 +71,9 @@ pub struct NotificationEvent {
     pub affiliate: Option<String>,
     pub amounts: Amounts,
     pub currency: Option<String>,
+    /// A sale's P(refund within the window) from the model in force when it
+    /// arrived; null without a model (and for every other type).
+    pub refund_risk: Option<f64>,
     /// `lineItems` of the notification as sent (legacy posts: empty).
     pub line_items: Value,
     /// `customer` as sent (legacy: the `ccust*` fields); absent when the
@@ -173,6 +176,7 @@ impl Event {
                 shipping: text(x.total_shipping_amount),
             },
             currency: x.currency.clone(),
+            refund_risk: n.refund_risk,
             line_items,
             customer: if include_customer { customer } else { None },
             notification,

@@ -70,14 +70,19 @@ struct Filter {
     include_tests: bool,
     /// `when.notifications = false`: an action for alerts only.
     notifications: bool,
+    /// Only sales scored at least this (none without a score).
+    min_refund_risk: Option<f64>,
 }
 
 impl Filter {
     /// Does a notification for `account` pass? Looks at the typed fields
     /// the ins layer parsed, stored or not.
-    fn matches(&self, account: &str, n: &Notification) -> bool {
+    fn matches(&self, account: &str, n: &Notification, refund_risk: Option<f64>) -> bool {
         let listed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
         self.notifications
+            && self
+                .min_refund_risk
+                .is_none_or(|min| refund_risk.is_some_and(|r| r >= min))
             && (!n.transaction_type.is_test() || self.include_tests)
             && (self.types.is_empty() || self.types.contains(&n.transaction_type))
             && listed(&self.roles, n.role.as_str())
@@ -230,7 +235,8 @@ impl Action {
 
     /// Does this action run for a stored notification? (`kaching replay`)
     pub fn matches_stored(&self, n: &StoredNotification) -> bool {
-        self.filter.matches(n.account.as_str(), &n.notification)
+        self.filter
+            .matches(n.account.as_str(), &n.notification, n.refund_risk)
     }
 }
 
@@ -301,6 +307,15 @@ impl Actions {
                 .iter()
                 .map(|t| TransactionType::parse(t).map_err(|e| invalid(key("when.types"), e)))
                 .collect::<Result<Vec<_>, _>>()?;
+            if s.when
+                .min_refund_risk
+                .is_some_and(|r| !(0.0..=1.0).contains(&r))
+            {
+                return Err(invalid(
+                    key("when.min_refund_risk"),
+                    "is a probability, from 0 to 1",
+                ));
+            }
             if !s.enabled {
                 continue;
             }
@@ -322,6 +337,7 @@ impl Actions {
                     min_amount,
                     include_tests: s.when.include_tests,
                     notifications: s.when.notifications,
+                    min_refund_risk: s.when.min_refund_risk,
                 },
                 kind,
             });
@@ -349,11 +365,12 @@ impl Actions {
         &self,
         account: &str,
         n: &Notification,
+        refund_risk: Option<f64>,
         claim_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Vec<ActionRef> {
         self.list
             .iter()
-            .filter(|a| a.filter.matches(account, n))
+            .filter(|a| a.filter.matches(account, n, refund_risk))
             .map(|a| ActionRef {
                 name: a.name.clone(),
                 claimed_until: claim_at.map(|t| t + dispatcher::creation_lease(a)),
@@ -406,6 +423,7 @@ mod tests {
             min_amount: None,
             include_tests: false,
             notifications: true,
+            min_refund_risk: None,
         }
     }
 
@@ -503,8 +521,13 @@ mod tests {
             ),
         ];
         for (i, (f, s, want)) in cases.iter().enumerate() {
-            assert_eq!(f.matches("acme", s), *want, "case {i}");
+            assert_eq!(f.matches("acme", s, None), *want, "case {i}");
         }
+        let risky = f(&|f| f.min_refund_risk = Some(0.3));
+        let sale = subject("SALE", "1.00", p);
+        assert!(risky.matches("acme", &sale, Some(0.31)));
+        assert!(!risky.matches("acme", &sale, Some(0.29)));
+        assert!(!risky.matches("acme", &sale, None), "no score: no match");
     }
 
     #[test]

@@ -423,7 +423,7 @@ async fn notification(
                 vendor => x.vendor.clone(), affiliate => x.affiliate.clone(),
                 amount => x.total_account_amount.map(|d| d.to_string()), order_amount => x.total_order_amount.map(|d| d.to_string()),
                 currency => x.currency.clone(), version => x.version.clone(), attempt => x.attempt_count,
-                duplicates => n.duplicates, source_ip => n.source_ip.map(|ip| ip.to_string()),
+                duplicates => n.duplicates, refund_risk => n.refund_risk, source_ip => n.source_ip.map(|ip| ip.to_string()),
                 email => masked_email(&x.payload), payload_bytes => x.payload.len(),
                 lines => facts.lines.iter().map(|l| context! { item_no => l.item_no.clone(), title => l.title.clone(), recurring => l.recurring, amount => crate::report::facts::money_text(l.micros) }).collect::<Vec<_>>(),
                 tids => facts.tids.clone(), tracking => facts.tracking.clone(),

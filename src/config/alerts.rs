@@ -1,4 +1,4 @@
-//! `[[alerts]]`: the settings of one alert rule, as written. Every key is
+//! `[[alerts]]`: the settings of one alert rule, as written; and `[risk]`. Every key is
 //! optional but `name`, `kind` and `notify`; a key of another kind is
 //! refused when the rules are built ([`crate::alerts::Rules::build`]), and
 //! defaults that depend on the kind are filled in there.
@@ -65,6 +65,29 @@ impl Default for AlertSettings {
             min_sales: None,
             min_count: None,
             min_baseline: None,
+        }
+    }
+}
+
+/// `[risk]`: the refund-risk score (see `crate::risk`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskSettings {
+    /// Score new sales with the newest model (when there is one).
+    pub enabled: bool,
+    /// The refund window the model predicts, in days (ClickBank's default: 60).
+    pub window_days: u32,
+    /// Retrain in the daemon when the newest model is older than this, e.g.
+    /// `"7d"`; unset: only `kaching risk train` trains.
+    pub retrain_every: Option<String>,
+}
+
+impl Default for RiskSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_days: 60,
+            retrain_every: None,
         }
     }
 }

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
 use crate::actions::Dispatcher;
-use crate::ins::{self, AccountKeys, AccountName, BodyForm, Notification};
+use crate::ins::{self, AccountKeys, AccountName, BodyForm, Notification, TransactionType};
 use crate::runtime::{contains, Live, Runtime};
 use crate::store::{
     NewNotification, NewRejected, NewRun, Recorded, StoreError, StoredNotification, Writer,
@@ -94,9 +94,17 @@ pub struct Ingest {
     /// broadcast and a forwarding task per notification cost 7-10 % of
     /// ingest throughput in the benchmark.
     runs: Option<Dispatcher>,
+    /// The refund-risk model in force, scoring each new sale.
+    risk: Option<crate::risk::Slot>,
 }
 
 impl Ingest {
+    /// Scores new sales with the model in `slot` (when there is one).
+    pub fn with_risk(mut self, slot: crate::risk::Slot) -> Self {
+        self.risk = Some(slot);
+        self
+    }
+
     pub fn new(
         runtime: Live,
         writer: Writer,
@@ -110,6 +118,7 @@ impl Ingest {
             rejected,
             events: broadcast::channel(EVENTS).0,
             runs,
+            risk: None,
         }
     }
 
@@ -123,6 +132,7 @@ impl Ingest {
             rejected: None,
             events: broadcast::channel(EVENTS).0,
             runs: None,
+            risk: None,
         }
     }
 
@@ -200,13 +210,24 @@ impl Ingest {
                 return Err(IngestError::Rejected(reason));
             }
         };
+        let refund_risk = match &self.risk {
+            Some(slot) if auth.notification.transaction_type == TransactionType::Sale => {
+                slot.load().as_ref().map(|s| {
+                    s.model
+                        .score(&crate::risk::features::values(&auth.notification))
+                })
+            }
+            _ => None,
+        };
         let new = NewNotification {
             actions: runtime.actions.matching(
                 auth.account.as_str(),
                 &auth.notification,
+                refund_risk,
                 // This process's dispatcher runs them: created claimed.
                 self.runs.as_ref().map(|_| post.received_at),
             ),
+            refund_risk,
             account: auth.account,
             form: auth.form,
             notification: Arc::new(auth.notification),

@@ -13,6 +13,7 @@
 pub(crate) mod alerts;
 mod postgres;
 mod report;
+mod risk;
 mod runs;
 mod sqlite;
 mod tx;
@@ -40,6 +41,7 @@ pub use self::report::{
     CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
     SaleFacts, SubscriptionChange, SumQuery, SumRow,
 };
+pub use self::risk::RiskModelRow;
 pub use self::runs::{
     ActionRef, Claimed, NewRun, PendingRuns, RunOutcome, RunRow, RunStatus, RunSubject,
 };
@@ -170,6 +172,8 @@ pub struct NewNotification {
     pub received_at: DateTime<Utc>,
     /// The actions whose filter matches: each gets a run if the notification is new.
     pub actions: Vec<ActionRef>,
+    /// A sale's refund-risk score, when a model is in force ([`crate::risk`]).
+    pub refund_risk: Option<f64>,
 }
 
 impl NewNotification {
@@ -237,6 +241,8 @@ pub struct StoredNotification {
     pub received_at: DateTime<Utc>,
     pub duplicates: i64,
     pub last_seen_at: DateTime<Utc>,
+    /// A sale's refund-risk score at receipt (see [`crate::risk`]).
+    pub refund_risk: Option<f64>,
 }
 
 impl StoredNotification {
@@ -252,6 +258,7 @@ impl StoredNotification {
             received_at: n.received_at,
             duplicates: 0,
             last_seen_at: n.received_at,
+            refund_risk: n.refund_risk,
         }
     }
 }
@@ -263,7 +270,8 @@ SELECT id, account, role, receipt, transaction_type, transaction_time, vendor, a
     CAST(total_order_amount AS TEXT) AS total_order_amount, \
     CAST(total_tax_amount AS TEXT) AS total_tax_amount, \
     CAST(total_shipping_amount AS TEXT) AS total_shipping_amount, \
-    currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, last_seen_at \
+    currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, last_seen_at, \
+    refund_risk \
 FROM notifications";
 
 /// A `notifications` row as both backends decode it: the one place columns
@@ -291,6 +299,7 @@ struct NotificationRow {
     received_at: DateTime<Utc>,
     duplicates: i64,
     last_seen_at: DateTime<Utc>,
+    refund_risk: Option<f64>,
 }
 
 /// Parses a stored value with the ins layer's own constructor; a value that
@@ -351,6 +360,7 @@ impl TryFrom<NotificationRow> for StoredNotification {
             received_at: r.received_at,
             duplicates: r.duplicates,
             last_seen_at: r.last_seen_at,
+            refund_risk: r.refund_risk,
         })
     }
 }

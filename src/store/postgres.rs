@@ -31,7 +31,7 @@ pub struct PgStore {
 pub(super) const NOTIFICATION_COLUMNS: &str = "account, role, receipt, transaction_type, \
     transaction_time, vendor, affiliate, total_account_amount, total_order_amount, \
     total_tax_amount, total_shipping_amount, currency, version, attempt_count, form, payload, \
-    source_ip, received_at, last_seen_at, duplicates";
+    source_ip, received_at, last_seen_at, duplicates, refund_risk";
 
 /// The runs of a batch's new notifications, one statement.
 const INSERT_RUNS: &str = "\
@@ -47,15 +47,17 @@ RETURNING id, notification_id, action";
 const INSERT_BATCH: &str = "\
 INSERT INTO notifications (account, role, receipt, transaction_type, transaction_time, vendor, \
     affiliate, total_account_amount, total_order_amount, total_tax_amount, total_shipping_amount, \
-    currency, version, attempt_count, form, payload, source_ip, received_at, last_seen_at, duplicates) \
+    currency, version, attempt_count, form, payload, source_ip, received_at, last_seen_at, duplicates, \
+    refund_risk) \
 SELECT u.account, u.role, u.receipt, u.transaction_type, u.transaction_time, u.vendor, u.affiliate, \
     u.a1::numeric, u.a2::numeric, u.a3::numeric, u.a4::numeric, u.currency, u.version, u.attempt_count, u.form, u.payload, u.source_ip, \
-    u.received_at, u.received_at, u.duplicates \
+    u.received_at, u.received_at, u.duplicates, u.refund_risk \
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], \
     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-    $13::text[], $14::int4[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], $19::int8[]) \
+    $13::text[], $14::int4[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], $19::int8[], \
+    $20::float8[]) \
     AS u(account, role, receipt, transaction_type, transaction_time, vendor, affiliate, a1, a2, a3, \
-    a4, currency, version, attempt_count, form, payload, source_ip, received_at, duplicates) \
+    a4, currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, refund_risk) \
 ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO NOTHING \
 RETURNING id, account, role, receipt, transaction_type, transaction_time";
 
@@ -253,6 +255,7 @@ impl PgStore {
             .bind(col(&all, |r| r.source_ip.map(|ip| ip.to_string())))
             .bind(col(&all, |r| r.received_at))
             .bind(all.iter().map(|u| u.copies - 1).collect::<Vec<_>>())
+            .bind(col(&all, |r| r.refund_risk))
             .fetch_all(&mut *tx)
             .await?;
         let mut found: HashMap<Key, Upserted> =

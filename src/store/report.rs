@@ -476,7 +476,7 @@ impl Store {
         let mut sql = String::from(
             "SELECT n.id, n.account, n.receipt, n.transaction_type, n.transaction_time, \
                 n.affiliate, CAST(n.total_account_amount AS TEXT) AS amount, n.currency, n.duplicates, \
-                f.dims AS dims ",
+                n.refund_risk, f.dims AS dims ",
         );
         // Filtered: only projected notifications can match (a read projects first).
         sql += if filtered {
@@ -573,6 +573,8 @@ pub struct ListedNotification {
     pub amount: Option<String>,
     pub currency: Option<String>,
     pub duplicates: i64,
+    /// A sale's refund-risk score at receipt.
+    pub refund_risk: Option<f64>,
     #[serde(skip)]
     pub dims: Option<String>,
 }
