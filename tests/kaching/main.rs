@@ -21,6 +21,7 @@ mod ingest;
 mod metrics;
 mod outbox;
 mod reload;
+mod risk;
 mod security;
 mod store;
 mod store_down;

@@ -28,6 +28,7 @@ fn row(pt: &str) -> NewNotification {
         source_ip: None,
         received_at: Utc::now(),
         actions: Vec::new(),
+        refund_risk: None,
     }
 }
 
