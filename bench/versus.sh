@@ -38,6 +38,9 @@
 #   BEFORE=path/to/kaching another kaching binary (an earlier commit's build) run
 #                          beside this one in the same session, as "before"
 #                          (plain HTTP only), for before/after figures
+#   ALERTS=1               another daemon of this build with the shipped [[alerts]]
+#                          rules (one of each kind, to the log action), plain HTTP,
+#                          as "kaching+alerts": what evaluating alerts costs ingestion
 #   PERF=1                 record a perf profile of the kaching daemon during its
 #                          first closed-loop run per backend (perf.data in the work dir)
 set -euo pipefail
@@ -64,6 +67,7 @@ PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PERF=${PERF:-0}
 LIVE=${LIVE:-0}
 BEFORE=${BEFORE:-}
+ALERTS=${ALERTS:-0}
 KEY=VERSUSBENCHKEY01
 TICK=$(getconf CLK_TCK)
 
@@ -155,6 +159,13 @@ name = "bench"
 secret_key = "$KEY"
 EOF
     [ "$ACTIONS" != log ] || printf '[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
+    if [ "$variant" = alerts ]; then
+        [ "$ACTIONS" = log ] || printf '[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
+        for rule in refunds:refund_spike chargebacks:chargeback no-sales:silence \
+            wrong-key:rejected_surge payload:schema_drift dead-letters:dead_letter; do
+            printf '[[alerts]]\nname = "%s"\nkind = "%s"\nnotify = ["log"]\n' "${rule%%:*}" "${rule#*:}" >>"$dir/kaching.toml"
+        done
+    fi
     "$bin" --config "$dir/kaching.toml" serve >"$dir/daemon.log" 2>&1 &
     K_PID=$!
     PIDS+=("$K_PID")
@@ -290,10 +301,13 @@ for backend in $BACKENDS; do
     if [ "$backend" = postgres ]; then conns=$PG_CONNECTIONS; else conns=$SQLITE_CONNECTIONS; fi
     # By variant: a TLS mode of this build, or "before" (the BEFORE binary, plain HTTP).
     declare -A KP=() KU=() KD=() KA=() KL=() KT=()
-    for tls in $TLS_MODES ${BEFORE:+before}; do
+    for tls in $TLS_MODES ${BEFORE:+before} $([ "$ALERTS" != 1 ] || echo alerts); do
         d=$(mktemp -d "$WORK/$backend-kaching-$tls.XXXX")
         if [ "$tls" = before ]; then
             start_kaching "$d" "$backend" off before "$BEFORE"
+            KT[$tls]=off
+        elif [ "$tls" = alerts ]; then
+            start_kaching "$d" "$backend" off alerts
             KT[$tls]=off
         else
             start_kaching "$d" "$backend" "$tls"
@@ -309,6 +323,7 @@ for backend in $BACKENDS; do
             for v in "${!KP[@]}"; do
                 tls=${KT[$v]} whos=$KACHINGS
                 [ "$v" != before ] || whos=before
+                [ "$v" != alerts ] || whos=kaching+alerts
                 engine=(--engine hyper)
                 [ "$tls" = off ] || engine=(--engine reqwest)
                 for who in $whos; do
@@ -326,6 +341,7 @@ for backend in $BACKENDS; do
             for v in "${!KP[@]}"; do
                 tls=${KT[$v]} whos=$KACHINGS
                 [ "$v" != before ] || whos=before
+                [ "$v" != alerts ] || whos=kaching+alerts
                 for who in $whos; do
                     LIVE_URL=${KA[$v]}
                     run "$who" "$backend" "r=$RATE tls=$tls" "${KP[$v]}" "${KU[$v]}" "${KD[$v]}" "$tls" --rate "$RATE"
