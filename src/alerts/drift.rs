@@ -82,19 +82,44 @@ fn walk(path: String, v: &Value, out: &mut BTreeMap<String, Kinds>) {
 }
 
 /// One (version, transaction type) of an account: notifications seen, and
-/// per path the kinds and the notifications that had it.
+/// per path the kinds and the notifications that had it; and what was
+/// learned since the last [`Learned::delta`].
 #[derive(Debug, Default, Clone)]
 struct TypeState {
     seen: i64,
     paths: HashMap<String, (Kinds, i64)>,
+    new_seen: i64,
+    new_paths: HashMap<String, i64>,
+}
+
+impl TypeState {
+    fn count(&mut self, paths: &BTreeMap<String, Kinds>) {
+        self.seen += 1;
+        self.new_seen += 1;
+        for (p, &k) in paths {
+            match self.paths.get_mut(p) {
+                Some(e) => {
+                    e.0 |= k;
+                    e.1 += 1;
+                }
+                None => {
+                    self.paths.insert(p.clone(), (k, 1));
+                }
+            }
+            match self.new_paths.get_mut(p) {
+                Some(n) => *n += 1,
+                None => {
+                    self.new_paths.insert(p.clone(), 1);
+                }
+            }
+        }
+    }
 }
 
 /// What one account has learned.
 #[derive(Debug, Default, Clone)]
 pub struct Learned {
     types: HashMap<(String, String), TypeState>,
-    /// What to add to the store: (version, type, path) → notifications.
-    delta: BTreeMap<(String, String, String), i64>,
 }
 
 /// A change a notification brought.
@@ -250,48 +275,67 @@ impl Learned {
                 });
             }
         }
-        state.seen += 1;
-        for (p, &k) in paths {
-            let e = state.paths.entry(p.clone()).or_default();
-            e.0 |= k;
-            e.1 += 1;
-            *self
-                .delta
-                .entry((version.to_owned(), transaction_type.to_owned(), p.clone()))
-                .or_default() += 1;
-        }
-        *self
-            .delta
-            .entry((
-                version.to_owned(),
-                transaction_type.to_owned(),
-                ROOT.to_owned(),
-            ))
-            .or_default() += 1;
+        state.count(paths);
         changes
     }
 
-    /// The rows to add for what was learned since [`Learned::from_rows`].
-    pub fn delta(&self, account: &str) -> Vec<SchemaPath> {
-        self.delta
-            .iter()
-            .map(|((version, transaction_type, path), n)| {
-                let kinds = self
-                    .types
-                    .get(&(version.clone(), transaction_type.clone()))
-                    .and_then(|t| t.paths.get(path))
-                    .map_or(0, |(k, _)| *k);
-                SchemaPath {
-                    account: account.to_owned(),
-                    version: version.clone(),
-                    transaction_type: transaction_type.clone(),
-                    path: path.clone(),
-                    kinds: kinds_text(kinds),
-                    seen: *n,
-                }
-            })
-            .collect()
+    /// Counts a notification whose shape was checked before: such a shape
+    /// cannot bring a change again (its paths are known, and a path it
+    /// lacks is no longer in every notification).
+    pub fn count(
+        &mut self,
+        version: &str,
+        transaction_type: &str,
+        paths: &BTreeMap<String, Kinds>,
+    ) {
+        self.types
+            .entry((version.to_owned(), transaction_type.to_owned()))
+            .or_default()
+            .count(paths);
     }
+
+    /// The rows to add for what was learned since the last call (or
+    /// [`Learned::from_rows`]); empties that.
+    pub fn delta(&mut self, account: &str) -> Vec<SchemaPath> {
+        let mut out = Vec::new();
+        for ((version, transaction_type), t) in &mut self.types {
+            if t.new_seen == 0 {
+                continue;
+            }
+            let row = |path: &str, kinds: Kinds, seen: i64| SchemaPath {
+                account: account.to_owned(),
+                version: version.clone(),
+                transaction_type: transaction_type.clone(),
+                path: path.to_owned(),
+                kinds: kinds_text(kinds),
+                seen,
+            };
+            out.push(row(ROOT, 0, t.new_seen));
+            for (p, n) in t.new_paths.drain() {
+                let kinds = t.paths.get(&p).map_or(0, |(k, _)| *k);
+                out.push(row(&p, kinds, n));
+            }
+            t.new_seen = 0;
+        }
+        out.sort_by(|a, b| {
+            (&a.version, &a.transaction_type, &a.path).cmp(&(
+                &b.version,
+                &b.transaction_type,
+                &b.path,
+            ))
+        });
+        out
+    }
+}
+
+/// A hash of a notification's shape (version, type, paths and kinds).
+pub fn shape(version: &str, transaction_type: &str, paths: &BTreeMap<String, Kinds>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    version.hash(&mut h);
+    transaction_type.hash(&mut h);
+    paths.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -365,5 +409,12 @@ mod tests {
         let rows = l.delta("acme");
         let again = Learned::from_rows(&rows);
         assert_eq!(again.total(), l.total());
+        assert_eq!(l.delta("acme"), vec![], "taken once");
+        l.count("8.0", "SALE", &base);
+        let more = l.delta("acme");
+        assert_eq!(
+            more.iter().find(|r| r.path.is_empty()).map(|r| r.seen),
+            Some(1)
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! and the learned paths commit with the batch's facts: exactly once, and
 //! two daemons on one database never both fire for one notification.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -23,6 +24,24 @@ pub const FRESH: chrono::Duration = chrono::Duration::hours(1);
 /// ClickBank's retries of one notification span about a day (protocol notes §2).
 pub const RECENT: chrono::Duration = chrono::Duration::days(3);
 
+/// What was learned is written at most this often (and whenever a change
+/// fires): a count lost in a crash only delays a `missing` by a few
+/// notifications, and writing every pass cost ingestion (measured).
+const FLUSH: Duration = Duration::from_secs(30);
+/// What another daemon learned is read back this often.
+const RELOAD: Duration = Duration::from_secs(300);
+
+/// What the projector keeps between batches.
+#[derive(Debug, Default)]
+pub struct State {
+    learned: HashMap<String, Learned>,
+    loaded_at: Option<Instant>,
+    /// Shapes already checked, per account: they cannot fire again.
+    checked: HashSet<(String, u64)>,
+    flushed_at: Option<Instant>,
+    rules_seen: Option<(Instant, HashMap<String, DateTime<Utc>>)>,
+}
+
 /// What a batch fires and learns.
 #[derive(Debug, Default)]
 pub struct Observed {
@@ -35,6 +54,7 @@ pub async fn observe(
     store: &Store,
     rules: &Rules,
     rows: &[StoredNotification],
+    state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<Observed, StoreError> {
     let mut out = Observed::default();
@@ -46,7 +66,18 @@ pub async fn observe(
     if chargeback.is_empty() && drift.is_empty() {
         return Ok(out);
     }
-    let first_seen = store.alert_rules_seen().await?;
+    if state
+        .rules_seen
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() >= FLUSH)
+    {
+        state.rules_seen = Some((Instant::now(), store.alert_rules_seen().await?));
+    }
+    let first_seen = state
+        .rules_seen
+        .as_ref()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
     // A rule the engine has not recorded yet fires nothing.
     let fresh = |rule: &Rule, n: &StoredNotification| {
         first_seen.get(&*rule.name).is_some_and(|t| {
@@ -76,21 +107,40 @@ pub async fn observe(
     if drift.is_empty() {
         return Ok(out);
     }
-    let mut accounts: Vec<String> = rows.iter().map(|n| n.account.as_str().to_owned()).collect();
-    accounts.sort();
-    accounts.dedup();
-    let stored = store.learned_schema(&accounts).await?;
-    let mut learned: HashMap<String, Learned> = accounts
-        .iter()
-        .map(|a| {
-            (
+    let stale = state.loaded_at.is_none_or(|t| t.elapsed() >= RELOAD);
+    let missing: Vec<String> = {
+        let mut a: Vec<String> = rows
+            .iter()
+            .map(|n| n.account.as_str())
+            .filter(|a| stale || !state.learned.contains_key(*a))
+            .map(str::to_owned)
+            .collect();
+        a.sort();
+        a.dedup();
+        a
+    };
+    if !missing.is_empty() {
+        if stale {
+            // Written with this batch; what is read back below lacks it
+            // until the next reload (counts only, which lag a little).
+            for (account, l) in &mut state.learned {
+                out.schema.extend(l.delta(account));
+            }
+            state.learned.clear();
+            state.checked.clear();
+            state.loaded_at = Some(Instant::now());
+        }
+        let stored = store.learned_schema(&missing).await?;
+        for a in &missing {
+            state.learned.insert(
                 a.clone(),
                 Learned::from_rows(stored.iter().filter(|r| &r.account == a)),
-            )
-        })
-        .collect();
+            );
+        }
+    }
     // One threshold for learning: the smallest any rule asks for.
     let baseline = drift.iter().map(|r| r.min_baseline).min().unwrap_or(20);
+    let mut changed = false;
     for n in rows {
         let t = &n.notification.transaction_type;
         if t.is_test() {
@@ -101,26 +151,38 @@ pub async fn observe(
             (None, BodyForm::LegacyForm) => "legacy".to_owned(),
             (None, _) => "none".to_owned(),
         };
-        let Some(l) = learned.get_mut(n.account.as_str()) else {
+        let account = n.account.as_str();
+        let Some(l) = state.learned.get_mut(account) else {
             continue;
         };
-        let changes = l.learn(
-            &version,
-            t.as_str(),
-            &drift::paths(&n.notification.payload),
-            baseline,
+        let paths = drift::paths(&n.notification.payload);
+        let shape = (
+            account.to_owned(),
+            drift::shape(&version, t.as_str(), &paths),
         );
+        if state.checked.contains(&shape) {
+            l.count(&version, t.as_str(), &paths);
+            continue;
+        }
+        let changes = l.learn(&version, t.as_str(), &paths, baseline);
+        if changes.is_empty() {
+            state.checked.insert(shape);
+        }
         for change in changes {
+            changed = true;
             for rule in &drift {
-                if rule.watches(n.account.as_str()) && fresh(rule, n) {
+                if rule.watches(account) && fresh(rule, n) {
                     out.alerts
                         .push(rule.firing(drift_alert(rule, n, &change), now));
                 }
             }
         }
     }
-    for (account, l) in &learned {
-        out.schema.extend(l.delta(account));
+    if changed || state.flushed_at.is_none_or(|t| t.elapsed() >= FLUSH) {
+        for (account, l) in &mut state.learned {
+            out.schema.extend(l.delta(account));
+        }
+        state.flushed_at = Some(Instant::now());
     }
     Ok(out)
 }

@@ -139,6 +139,79 @@ pub async fn evaluate(
 mod tests {
     use super::*;
 
+    fn rule() -> Rule {
+        let actions = crate::actions::Actions::from_settings(&[crate::config::ActionSettings {
+            name: "log".into(),
+            kind: "log".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+        let settings = crate::config::AlertSettings {
+            name: "key".into(),
+            kind: "rejected_surge".into(),
+            notify: vec!["log".into()],
+            ..Default::default()
+        };
+        let rules = crate::alerts::Rules::build(&[settings], &actions).unwrap();
+        let rule = rules.iter().next().unwrap().clone();
+        rule
+    }
+
+    /// A week of forgers' noise at up to a few key-shaped posts an hour,
+    /// evaluated every 10 minutes of its last day; then the posts a changed
+    /// key makes (ClickBank's retries of a few sales) on top.
+    #[test]
+    fn steady_noise_rarely_fires_and_a_changed_key_does() {
+        use rand::{Rng, SeedableRng};
+        let rule = rule();
+        let now0 = DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let watched = ["acme".to_owned()];
+        let watched: Vec<&String> = watched.iter().collect();
+        let (mut evaluations, mut alarms, mut caught) = (0u64, 0u64, 0u64);
+        let seeds = 100;
+        for seed in 0..seeds {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let per_hour: f64 = rng.random_range(0.0..3.0);
+            let n = (per_hour * 24.0 * 8.0) as usize;
+            let mut rows: Vec<RejectedSeen> = (0..n)
+                .map(|_| RejectedSeen {
+                    account_hint: Some("acme".into()),
+                    received_at: now0 - Duration::seconds(rng.random_range(0..8 * 86_400)),
+                    reason: Reject::NoKeyDecrypts.to_string(),
+                })
+                .collect();
+            for step in 0..144 {
+                let now = now0 - Duration::minutes(10 * step);
+                let seen: Vec<RejectedSeen> = rows
+                    .iter()
+                    .filter(|r| r.received_at < now && r.received_at >= now - Duration::days(7))
+                    .cloned()
+                    .collect();
+                let v = verdicts(&rule, &count(&seen, Duration::minutes(10), now), &watched);
+                evaluations += 1;
+                alarms += v.iter().filter(|v| matches!(v, Verdict::Fire(_))).count() as u64;
+            }
+            // The key changed: ClickBank's next posts, 8 in 10 minutes.
+            rows.extend((0..8).map(|i| RejectedSeen {
+                account_hint: Some("acme".into()),
+                received_at: now0 + Duration::seconds(60 * i),
+                reason: Reject::NoKeyDecrypts.to_string(),
+            }));
+            let now = now0 + Duration::minutes(9);
+            let v = verdicts(&rule, &count(&rows, Duration::minutes(10), now), &watched);
+            caught += u64::from(v.iter().any(|v| matches!(v, Verdict::Fire(_))));
+        }
+        let promised = evaluations as f64 * rule.sensitivity;
+        eprintln!(
+            "rejected_surge: {alarms} false alarms in {evaluations} evaluations of noise up to 3 an hour \
+             (the sensitivity promises at most {promised:.1}); 8 posts under a changed key caught in {caught} of {seeds}"
+        );
+        assert!((alarms as f64) <= promised * 2.0 + 3.0, "{alarms}");
+        assert!(caught * 10 >= seeds * 8, "caught {caught} of {seeds}");
+    }
+
     #[test]
     fn only_key_shaped_rejections_count() {
         assert!(key_shaped(&Reject::NoKeyDecrypts.to_string()));

@@ -52,6 +52,8 @@ pub struct Cursor {
     /// The last pass stopped at its budget: a backfill is under way, and a
     /// verifying pass (which could not catch up) would only re-read it.
     backlog: bool,
+    /// What the alert rules keep between batches.
+    observe: crate::alerts::observe::State,
 }
 
 impl Cursor {
@@ -108,7 +110,7 @@ pub async fn pass(
         let full = rows.len() as i64 == batch;
         if let Some(last) = rows.last() {
             after = last.id;
-            let projection = project(store, &rows, rules).await?;
+            let projection = project(store, &rows, rules, &mut cursor.observe).await?;
             store.apply_projection(&projection).await?;
             projected += rows.len();
         }
@@ -166,6 +168,7 @@ async fn project(
     store: &Store,
     rows: &[StoredNotification],
     rules: Option<&Rules>,
+    observe: &mut crate::alerts::observe::State,
 ) -> Result<Projection, StoreError> {
     let mut daily: HashMap<DailyKey, (Counters, String)> = HashMap::new();
     let mut hourly: HashMap<(String, String), HourRow> = HashMap::new();
@@ -344,7 +347,8 @@ async fn project(
     hourly.sort_by(|a, b| (&a.account, &a.hour).cmp(&(&b.account, &b.hour)));
     out.hourly = hourly;
     if let Some(rules) = rules.filter(|r| !r.is_empty()) {
-        let observed = crate::alerts::observe(store, rules, rows, chrono::Utc::now()).await?;
+        let observed =
+            crate::alerts::observe(store, rules, rows, observe, chrono::Utc::now()).await?;
         out.alerts = observed.alerts;
         out.schema = observed.schema;
     }
