@@ -139,10 +139,11 @@ pub fn verdicts(rule: &Rule, account: &str, dim: &str, found: &[Assessment]) -> 
                 let mut alert = rule.alert(Some(account), subject);
                 alert.title = format!("Refunds of {name} are climbing");
                 alert.message = format!(
-                    "{name} had {} refunds in the last {window_days} days where about {:.1} were expected \
+                    "{} had {} refunds in the last {window_days} days where about {:.1} were expected \
                      from its history (a refund rate of {:.1} % of sales, {:.1}× the expected count). \
                      That many or more by chance alone: {} (p = {:.2e}). \
                      Check its sales page, its traffic sources and recent reviews; consider pausing its ads.",
+                    capitalised(&name),
                     a.observed,
                     a.expected,
                     a.rate * 100.0,
@@ -178,6 +179,13 @@ pub fn verdicts(rule: &Rule, account: &str, dim: &str, found: &[Assessment]) -> 
             }
         })
         .collect()
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 fn shown<'a>(dim: &str, value: &'a str) -> &'a str {

@@ -217,8 +217,25 @@ async fn log_in_see_exact_figures_follow_the_live_feed_and_retry_a_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_renders_the_demo_history_without_console_errors() {
     // 3,000 commits while other tests load the machine: a generous bound.
-    let Some(app) =
-        TestApp::spawn(Backend::Sqlite, |s| s.database.commit_timeout_ms = 30_000).await
+    let Some(app) = TestApp::spawn(Backend::Sqlite, |s| {
+        s.database.commit_timeout_ms = 30_000;
+        s.actions.push(kaching::config::ActionSettings {
+            name: "ops".into(),
+            kind: "log".into(),
+            when: kaching::config::WhenSettings {
+                notifications: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        s.alerts.push(kaching::config::AlertSettings {
+            name: "refunds".into(),
+            kind: "refund_spike".into(),
+            notify: vec!["ops".into()],
+            ..Default::default()
+        });
+    })
+    .await
     else {
         return;
     };
@@ -240,6 +257,22 @@ async fn every_page_renders_the_demo_history_without_console_errors() {
     )
     .await
     .expect("the demo history is stored");
+    // The refund spike of the demo's history, fired as the daemon's timer would.
+    kaching::report::Reports::new(app.store.clone(), None)
+        .backfill()
+        .await
+        .unwrap();
+    let actions = kaching::actions::Actions::from_settings(&app.settings.actions).unwrap();
+    let rules = kaching::alerts::Rules::build(&app.settings.alerts, &actions).unwrap();
+    let now = chrono::Utc::now();
+    for rule in rules.iter() {
+        let v = kaching::alerts::evaluate(&app.store, rule, &["acme".to_owned()], now, now)
+            .await
+            .unwrap();
+        kaching::alerts::reconcile(&app.store, rule, v, now)
+            .await
+            .unwrap();
+    }
     let admin = app.admin().to_owned();
     let pages = [
         ("overview", "/", "#money .card"),
@@ -270,6 +303,11 @@ async fn every_page_renders_the_demo_history_without_console_errors() {
             "#notifications tbody tr td a",
         ),
         ("rejected", "/rejected", "#rejected"),
+        (
+            "alerts",
+            "/alerts",
+            "#alerts tbody tr[data-kind='refund_spike'][data-state='firing']",
+        ),
     ];
     for (name, path, shows) in pages {
         b.client.goto(&format!("{admin}{path}")).await.unwrap();
