@@ -33,6 +33,26 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// A name of `[[actions]]` or `[[alerts]]`: letters, digits, - or _, and
+/// not one of the `earlier` ones.
+pub(crate) fn check_name<'a>(
+    key: String,
+    name: &str,
+    mut earlier: impl Iterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(key, "must be non-empty letters, digits, - or _"));
+    }
+    if earlier.any(|o| o == name) {
+        return Err(invalid(key, format!("`{name}` is used twice")));
+    }
+    Ok(())
+}
+
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use rust_decimal::Decimal;
 
-use crate::config::{invalid, ActionSettings, ConfigError};
+use crate::config::{check_name, invalid, ActionSettings, ConfigError};
 use crate::ins::{Notification, TransactionType};
 use crate::store::{ActionRef, AlertPhase, AlertRow, RunOutcome, StoredNotification};
 
@@ -252,20 +252,11 @@ impl Actions {
         let mut list = Vec::new();
         for (i, s) in settings.iter().enumerate() {
             let key = |k: &str| format!("actions[{i}].{k}");
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(invalid(
-                    key("name"),
-                    "must be non-empty letters, digits, - or _",
-                ));
-            }
-            if settings[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid(key("name"), format!("`{}` is used twice", s.name)));
-            }
+            check_name(
+                key("name"),
+                &s.name,
+                settings[..i].iter().map(|o| o.name.as_str()),
+            )?;
             let kind = match s.kind.as_str() {
                 "webhook" => Kind::Webhook(webhook::Webhook::from_settings(s, &key)?),
                 "email" => Kind::Email(Box::new(email::Email::from_settings(s, &key)?)),

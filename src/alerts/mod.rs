@@ -26,7 +26,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::Actions;
-use crate::config::{invalid, AlertSettings, ConfigError};
+use crate::config::{check_name, invalid, AlertSettings, ConfigError};
 use crate::runtime::Live;
 use crate::store::{Firing, NewAlert, Store, StoreError};
 
@@ -174,20 +174,11 @@ impl Rules {
         let mut list = Vec::new();
         for (i, s) in settings.iter().enumerate() {
             let key = |k: &str| format!("alerts[{i}].{k}");
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(invalid(
-                    key("name"),
-                    "must be non-empty letters, digits, - or _",
-                ));
-            }
-            if settings[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid(key("name"), format!("`{}` is used twice", s.name)));
-            }
+            check_name(
+                key("name"),
+                &s.name,
+                settings[..i].iter().map(|o| o.name.as_str()),
+            )?;
             let kind = Kind::parse(&s.kind).ok_or_else(|| {
                 invalid(
                     key("kind"),
@@ -511,6 +502,26 @@ pub fn odds(p: f64) -> String {
         }
         format!("about 1 in {out}")
     }
+}
+
+/// A rule of `kind` with every default, notifying a `log` action (tests).
+#[cfg(test)]
+pub(crate) fn test_rule(kind: &str) -> Rule {
+    let actions = Actions::from_settings(&[crate::config::ActionSettings {
+        name: "log".into(),
+        kind: "log".into(),
+        ..Default::default()
+    }])
+    .expect("a log action");
+    let settings = AlertSettings {
+        name: "rule".into(),
+        kind: kind.into(),
+        notify: vec!["log".into()],
+        ..Default::default()
+    };
+    let rules = Rules::build(&[settings], &actions).expect("a rule of every default");
+    let rule = rules.iter().next().expect("one rule").clone();
+    rule
 }
 
 #[cfg(test)]

@@ -146,27 +146,9 @@ pub async fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::{Kind, Rules};
 
     fn rule() -> Rule {
-        let actions = crate::actions::Actions::from_settings(&[crate::config::ActionSettings {
-            name: "log".into(),
-            kind: "log".into(),
-            ..Default::default()
-        }])
-        .unwrap();
-        let settings = crate::config::AlertSettings {
-            name: "quiet".into(),
-            kind: "silence".into(),
-            notify: vec!["log".into()],
-            ..Default::default()
-        };
-        Rules::build(&[settings], &actions)
-            .unwrap()
-            .of_kind(Kind::Silence)
-            .next()
-            .unwrap()
-            .clone()
+        crate::alerts::test_rule("silence")
     }
 
     /// Four weeks of hours ending at `end`: `per_hour(hour of day)` sales each.

@@ -140,21 +140,7 @@ mod tests {
     use super::*;
 
     fn rule() -> Rule {
-        let actions = crate::actions::Actions::from_settings(&[crate::config::ActionSettings {
-            name: "log".into(),
-            kind: "log".into(),
-            ..Default::default()
-        }])
-        .unwrap();
-        let settings = crate::config::AlertSettings {
-            name: "key".into(),
-            kind: "rejected_surge".into(),
-            notify: vec!["log".into()],
-            ..Default::default()
-        };
-        let rules = crate::alerts::Rules::build(&[settings], &actions).unwrap();
-        let rule = rules.iter().next().unwrap().clone();
-        rule
+        crate::alerts::test_rule("rejected_surge")
     }
 
     /// A week of forgers' noise at up to a few key-shaped posts an hour,

@@ -2,7 +2,6 @@
 //! webhook), a real SMTP server, the real daemon killed with SIGKILL, the
 //! demo history through the real pipeline, and two daemons on one Postgres.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,10 +10,11 @@ use kaching::config::{ActionSettings, AlertSettings, SecretUrl, Settings, WhenSe
 use kaching::store::{AlertRow, Firing, NewAlert, Store};
 
 use crate::actions::webhook;
+use crate::crash::{start_daemon, wait_healthy, Daemon};
 use crate::on_both_backends;
 use crate::smtp::{aiosmtpd_available, SmtpServer};
 use crate::support::{envelope, plaintext, Backend, TestApp, KEY};
-use crate::target::{eventually, reserve_port, Target};
+use crate::target::{eventually, Target};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -471,49 +471,21 @@ async fn two_stores_on_one_postgres_fire_one_alert() {
 /// restart it is delivered, once, and not fired again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_fired_before_a_sigkill_is_delivered_once_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((settings, _pg)) = TestApp::settings(Backend::Sqlite, &dir).await else {
+    let Some(d) = Daemon::configure(
+        Backend::Sqlite,
+        "[[actions]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://{target}/hook\"\ntimeout_ms = 1000\n\
+         [actions.when]\nnotifications = false\n[actions.retry]\nbackoff_ms = 200\n\
+         [[alerts]]\nname = \"chargebacks\"\nkind = \"chargeback\"\nnotify = [\"ops\"]\n",
+    )
+    .await
+    else {
         return;
     };
-    let (listen, target_addr) = (reserve_port(), reserve_port());
-    let cfg = dir.path().join("kaching.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
-             [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
-             [[actions]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://{target_addr}/hook\"\ntimeout_ms = 1000\n\
-             [actions.when]\nnotifications = false\n[actions.retry]\nbackoff_ms = 200\n\
-             [[alerts]]\nname = \"chargebacks\"\nkind = \"chargeback\"\nnotify = [\"ops\"]\n",
-            settings.database.url.expose()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("kaching.log")).unwrap();
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_kaching"))
-            .args(["--config", cfg.to_str().unwrap(), "serve"])
-            .stdout(Stdio::null())
-            .stderr(log.try_clone().unwrap())
-            .spawn()
-            .unwrap()
-    };
-    let base = format!("http://{listen}");
+    let (settings, cfg, log, target_addr) = (&d.settings, &d.cfg, &d.log, d.target);
+    let base = d.base.clone();
     let client = reqwest::Client::new();
-    let healthy = || async {
-        eventually(WAIT, "/healthz", || async {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        })
-        .await
-    };
-    let mut daemon = start();
-    healthy().await;
+    let mut daemon = start_daemon(cfg, log);
+    wait_healthy(&client, &base).await;
     let store = Store::connect(&settings.database).await.unwrap();
     eventually(WAIT, "the rule to be recorded", || async {
         store
@@ -546,8 +518,8 @@ async fn an_alert_fired_before_a_sigkill_is_delivered_once_after_the_restart() {
     daemon.wait().unwrap();
 
     let target = Target::start(target_addr).await;
-    let mut daemon = start();
-    healthy().await;
+    let mut daemon = start_daemon(cfg, log);
+    wait_healthy(&client, &base).await;
     target.wait_for(1, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     daemon.kill().unwrap();

@@ -11,7 +11,8 @@ use crate::on_both_backends;
 use crate::support::{sale, Backend, TestApp, KEY};
 use crate::target::{eventually, reserve_port, Target};
 
-fn start_daemon(cfg: &std::path::Path, log: &std::path::Path) -> Child {
+/// The real binary serving `cfg`, its log appended to `log`.
+pub fn start_daemon(cfg: &std::path::Path, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -25,7 +26,7 @@ fn start_daemon(cfg: &std::path::Path, log: &std::path::Path) -> Child {
         .expect("start kaching")
 }
 
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
+pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
     eventually(
         Duration::from_secs(20),
         "the daemon to answer /healthz",
@@ -42,29 +43,63 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
     .await;
 }
 
+/// A daemon's configuration for a test that kills it: plain HTTP on a free
+/// port, account `acme`, the database of `backend`, and `tail` (its actions
+/// and alerts; `{target}` stands for the address reserved for a target).
+pub struct Daemon {
+    /// Holds the database file and the log; removed when dropped.
+    _dir: tempfile::TempDir,
+    pub settings: kaching::config::Settings,
+    pub cfg: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    pub base: String,
+    pub target: std::net::SocketAddr,
+    _pg: Option<crate::support::PgDatabase>,
+}
+
+impl Daemon {
+    pub async fn configure(backend: Backend, tail: &str) -> Option<Daemon> {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, pg) = TestApp::settings(backend, &dir).await?;
+        let (listen, target) = (reserve_port(), reserve_port());
+        let cfg = dir.path().join("kaching.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
+                 [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n{}",
+                settings.database.url.expose(),
+                tail.replace("{target}", &target.to_string())
+            ),
+        )
+        .unwrap();
+        Some(Daemon {
+            log: dir.path().join("kaching.log"),
+            _dir: dir,
+            settings,
+            cfg,
+            base: format!("http://{listen}"),
+            target,
+            _pg: pg,
+        })
+    }
+}
+
 async fn every_run_completes_after_a_sigkill(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((settings, _pg)) = TestApp::settings(backend, &dir).await else {
+    let Some(d) = Daemon::configure(
+        backend,
+        "[[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"http://{target}/hook\"\ntimeout_ms = 1000\n\
+         [actions.retry]\nbackoff_ms = 200\n",
+    )
+    .await
+    else {
         return;
     };
-    let (listen, target_addr) = (reserve_port(), reserve_port());
-    let cfg = dir.path().join("kaching.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
-             [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
-             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"http://{target_addr}/hook\"\ntimeout_ms = 1000\n\
-             [actions.retry]\nbackoff_ms = 200\n",
-            settings.database.url.expose()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("kaching.log");
-    let base = format!("http://{listen}");
+    let (settings, cfg, log, target_addr) = (&d.settings, &d.cfg, &d.log, d.target);
+    let base = d.base.clone();
     let client = reqwest::Client::new();
 
-    let mut daemon = start_daemon(&cfg, &log);
+    let mut daemon = start_daemon(cfg, log);
     wait_healthy(&client, &base).await;
     let n = 20;
     for i in 0..n {
@@ -94,7 +129,7 @@ async fn every_run_completes_after_a_sigkill(backend: Backend) {
     daemon.wait().unwrap();
 
     let target = Target::start(target_addr).await;
-    let mut daemon = start_daemon(&cfg, &log);
+    let mut daemon = start_daemon(cfg, log);
     wait_healthy(&client, &base).await;
     eventually(
         Duration::from_secs(30),

@@ -5,7 +5,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::alerts::{Kind, Rules};
 
 const DAYS: usize = HISTORY_DAYS;
 const WINDOW: usize = 7;
@@ -77,21 +76,7 @@ fn history(seed: u64, plant: Option<(usize, u32, f64)>) -> (Vec<Series>, Vec<(i6
 }
 
 fn rule() -> Rule {
-    let settings = crate::config::AlertSettings {
-        name: "refunds".into(),
-        kind: "refund_spike".into(),
-        notify: vec!["log".into()],
-        ..Default::default()
-    };
-    let actions = crate::actions::Actions::from_settings(&[crate::config::ActionSettings {
-        name: "log".into(),
-        kind: "log".into(),
-        ..Default::default()
-    }])
-    .unwrap();
-    let rules = Rules::build(&[settings], &actions).unwrap();
-    let rule = rules.of_kind(Kind::RefundSpike).next().unwrap().clone();
-    rule
+    crate::alerts::test_rule("refund_spike")
 }
 
 fn fired(rule: &Rule, found: &[Assessment]) -> Vec<String> {
