@@ -320,10 +320,7 @@ async fn the_demo_historys_spiking_product_fires_and_a_long_silence_fires(backen
     .await
     .unwrap();
     assert!(summary.stored > 4000, "{summary:?}");
-    kaching::report::Reports::new(app.store.clone(), None)
-        .backfill()
-        .await
-        .unwrap();
+    crate::support::projected(&app.store).await;
     let fired = evaluate_at(&app, "refunds", now).await;
     let a = alerts_of(&app.store, "refunds").await;
     let subjects: Vec<&str> = a.iter().map(|a| a.subject.as_str()).collect();

@@ -258,10 +258,7 @@ async fn every_page_renders_the_demo_history_without_console_errors() {
     .await
     .expect("the demo history is stored");
     // The refund spike of the demo's history, fired as the daemon's timer would.
-    kaching::report::Reports::new(app.store.clone(), None)
-        .backfill()
-        .await
-        .unwrap();
+    crate::support::projected(&app.store).await;
     let actions = kaching::actions::Actions::from_settings(&app.settings.actions).unwrap();
     let rules = kaching::alerts::Rules::build(&app.settings.alerts, &actions).unwrap();
     let now = chrono::Utc::now();

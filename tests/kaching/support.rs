@@ -353,3 +353,17 @@ pub fn sale(receipt: &str) -> String {
         &plaintext(receipt, "SALE", "2026-11-20T10:00:00-08:00", 1),
     )
 }
+
+/// Counts every stored notification in the reports, while the app's own
+/// projector may be doing the same: a pass that collides with it (the
+/// same rows, projected once) is tried again.
+pub async fn projected(store: &Store) {
+    let reports = kaching::report::Reports::new(store.clone(), None);
+    for _ in 0..50 {
+        if reports.backfill().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the reports never caught up");
+}
