@@ -80,12 +80,43 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> anyhow::Result<St
     Ok(store)
 }
 
+/// Refuses a data key that cannot open what the database holds: every key
+/// that ever sealed a row here must be the data key or a previous one.
+pub async fn check_data_keys(store: &Store, runtime: &Runtime) -> anyhow::Result<()> {
+    let Some(keys) = &runtime.data_keys else {
+        return Ok(());
+    };
+    let unknown: Vec<String> = store
+        .data_key_ids()
+        .await
+        .context("cannot read the data keys in use")?
+        .into_iter()
+        .filter(|id| !keys.knows(id))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "privacy.data_key_file / data_key_env: the database holds customer data sealed under key {} \
+             but the configured data key is {} and previous_data_keys has none of them: \
+             configure the key that was used (a new key goes in data_key_file, the old one in previous_data_keys)",
+            unknown.join(", "),
+            keys.current_id()
+        );
+    }
+    store
+        .record_data_key(keys.current_id(), chrono::Utc::now())
+        .await
+        .context("cannot record the data key")?;
+    tracing::info!(key = keys.current_id(), "privacy: customer data is sealed at rest");
+    Ok(())
+}
+
 impl App {
     /// Connects and migrates the store, loads or makes the TLS certificate.
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
         let runtime = Runtime::build(settings).context("invalid configuration")?;
         let store = open_store(settings, true).await?;
         tracing::info!(backend = store.backend(), "store: migrated");
+        check_data_keys(&store, &runtime).await?;
         let (tls, certs) = match http::tls::server_config(&settings.tls, settings.server.listen)? {
             Some((config, certs)) => (Some(config), Some(certs)),
             None => (None, None),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 mod alerts;
 
-pub use alerts::{AlertSettings, RiskSettings};
+pub use alerts::{AlertSettings, PrivacySettings, RiskSettings};
 
 use ipnet::IpNet;
 use secrecy::SecretString;
@@ -72,6 +72,7 @@ pub struct Settings {
     pub actions: Vec<ActionSettings>,
     pub alerts: Vec<AlertSettings>,
     pub risk: RiskSettings,
+    pub privacy: PrivacySettings,
     pub log: LogSettings,
 }
 
@@ -656,7 +657,7 @@ fn ser_redacted_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::
     }
 }
 
-fn ser_redacted_vec<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_redacted_vec<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|_| "[redacted]"))
 }
 

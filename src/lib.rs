@@ -21,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod ins;
 pub mod metrics;
+pub mod privacy;
 pub mod rejected;
 pub mod reload;
 pub mod report;

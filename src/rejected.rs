@@ -31,14 +31,16 @@ const BATCH: i64 = 500;
 /// that a post failing again is not kept a second time and does not count
 /// against its address's failure limit.
 pub async fn reprocess(settings: &Settings, store: &Store) -> anyhow::Result<Reprocessed> {
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(settings)?));
-    reprocess_with(runtime, store).await
+    let runtime = Runtime::build(settings)?;
+    crate::app::check_data_keys(store, &runtime).await?;
+    reprocess_with(Arc::new(ArcSwap::from_pointee(runtime)), store).await
 }
 
 /// [`reprocess`] with the runtime in force (the dashboard's button).
 pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Reprocessed> {
     // A command, not a server: its metrics are never scraped.
     let (writer, _writers) = Writer::spawn(store.clone(), Default::default());
+    let keys = runtime.load().data_keys.clone();
     let ingest = Ingest::for_reprocessing(runtime, writer);
     let mut summary = Reprocessed::default();
     let mut seen = 0i64;
@@ -46,7 +48,30 @@ pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Repr
         let rows = store.rejected_after(seen, BATCH).await?;
         let Some(last) = rows.last() else { break };
         seen = last.id;
+
         for row in &rows {
+            let body = match (row.sealed, &keys) {
+                (false, _) => row.body.clone(),
+                (true, Some(keys)) => {
+                    let aad = crate::privacy::rejected_aad(row.received_at, row.source_ip.as_deref());
+                    match std::str::from_utf8(&row.body)
+                        .map_err(|_| crate::privacy::KeyError::NotSealed)
+                        .and_then(|sealed| keys.open(&aad, sealed))
+                    {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(rejected_id = row.id, error = %e, "rejected: cannot open the kept post");
+                            summary.still_rejected += 1;
+                            continue;
+                        }
+                    }
+                }
+                (true, None) => {
+                    tracing::warn!(rejected_id = row.id, "rejected: the kept post is sealed and privacy.encrypt is off");
+                    summary.still_rejected += 1;
+                    continue;
+                }
+            };
             let signature = row.signature.as_deref();
             let header = |_: &str| signature;
             let post = Post {
@@ -56,7 +81,7 @@ pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Repr
                     .and_then(|ip| ip.parse().ok())
                     .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 account_hint: row.account_hint.as_deref(),
-                body: Ok(Bytes::copy_from_slice(&row.body)),
+                body: Ok(Bytes::from(body)),
                 header: &header,
                 received_at: Utc::now(),
             };

@@ -16,7 +16,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::actions::Actions;
 use crate::alerts::Rules;
-use crate::config::{invalid, AccountSettings, ConfigError, Settings, DEMO_SECRET_KEY};
+use crate::privacy::DataKeys;
+use crate::config::{
+    invalid, AccountSettings, ConfigError, PrivacySettings, Settings, DEMO_SECRET_KEY,
+};
 use crate::ins::{AccountKey, AccountKeys, AccountName};
 
 /// One configured account: its keys and its own source-address allowlist.
@@ -35,6 +38,8 @@ pub struct Runtime {
     pub trusted_proxies: Vec<IpNet>,
     pub actions: Arc<Actions>,
     pub alerts: Arc<Rules>,
+    /// The keys that seal customer data (`None`: `privacy.encrypt = false`).
+    pub data_keys: Option<Arc<DataKeys>>,
     /// Bound on one commit (and on `/readyz`'s probe).
     pub commit_timeout: Duration,
     /// Legacy `cverify` failures allowed per address per minute.
@@ -74,8 +79,10 @@ impl Runtime {
             .enumerate()
             .map(|(i, a)| (a.keys.name.as_str().to_owned(), i))
             .collect();
-        let actions = Actions::from_settings(&settings.actions)?;
+        let data_keys = data_keys(&settings.privacy)?;
+        let actions = Actions::from_settings(&settings.actions)?.with_keys(data_keys.clone());
         Ok(Runtime {
+            data_keys,
             accounts,
             by_name,
             allowed_ips: settings.security.allowed_ips.clone(),
@@ -96,6 +103,84 @@ impl Runtime {
     pub fn account_keys(&self) -> impl Iterator<Item = &AccountKeys> {
         self.accounts.iter().map(|a| &a.keys)
     }
+}
+
+/// The data keys of `[privacy]`: from the environment or the key file,
+/// which a first start creates (mode 0600) when `generate_key` allows.
+fn data_keys(p: &PrivacySettings) -> Result<Option<Arc<DataKeys>>, ConfigError> {
+    if !p.encrypt {
+        return Ok(None);
+    }
+    let (key, current) = match (&p.data_key_env, &p.data_key_file) {
+        (Some(var), _) => (
+            "privacy.data_key_env",
+            std::env::var(var).map_err(|_| {
+                invalid(
+                    "privacy.data_key_env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?,
+        ),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => ("privacy.data_key_file", text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && p.generate_key => {
+                ("privacy.data_key_file", new_key_file(path)?)
+            }
+            Err(e) => {
+                return Err(invalid(
+                    "privacy.data_key_file",
+                    format!("cannot read `{}`: {e}", path.display()),
+                ))
+            }
+        },
+        (None, None) => {
+            return Err(invalid(
+                "privacy",
+                "set data_key_file or data_key_env (or encrypt = false)",
+            ))
+        }
+    };
+    let previous: Vec<&str> = p.previous_data_keys.iter().map(|k| k.expose_secret()).collect();
+    // The current key alone first, so an error names the right setting.
+    DataKeys::new(&current, &[]).map_err(|e| invalid(key, format!("the data key {e}")))?;
+    DataKeys::new(&current, &previous)
+        .map(|k| Some(Arc::new(k)))
+        .map_err(|e| invalid("privacy.previous_data_keys", format!("a key {e}")))
+}
+
+/// Writes a new key to `path` (mode 0600, atomically) and returns it.
+fn new_key_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| {
+        invalid(
+            "privacy.data_key_file",
+            format!("cannot create `{}`: {e}", path.display()),
+        )
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let key = crate::privacy::generate();
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).map_err(fail)?;
+    f.write_all(key.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(fail)?;
+    // Another process may have made one meanwhile: theirs wins.
+    if std::fs::hard_link(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return std::fs::read_to_string(path).map_err(fail);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    tracing::warn!(
+        file = %path.display(),
+        "privacy: generated a new data key for the customer data; keep a copy apart from the database (without it the customer data cannot be read), and in production keep the key off the database's disk"
+    );
+    Ok(key)
 }
 
 /// True when `ip` is in one of `nets` (IPv4-mapped IPv6 counts as IPv4).

@@ -521,7 +521,7 @@ async fn execute(
     run: Claimed,
     carried: Option<Arc<StoredNotification>>,
 ) -> Option<RunOutcome> {
-    let event = match &run.subject {
+    let opened = match &run.subject {
         RunSubject::Notification(id) if carried.as_ref().is_some_and(|n| n.id == *id) => {
             action.event(carried.as_deref()?)
         }
@@ -535,7 +535,7 @@ async fn execute(
             }
         },
         RunSubject::Alert(subject) => match store.alert(subject.id).await {
-            Ok(Some(alert)) => action.alert_event(&alert, subject.event),
+            Ok(Some(alert)) => Ok(action.alert_event(&alert, subject.event)),
             Ok(None) => {
                 return Some(RunOutcome::Failed {
                     error: format!("alert {} is not in the database", subject.id),
@@ -546,6 +546,20 @@ async fn execute(
                 return None;
             }
         },
+    };
+    let event = match opened {
+        Ok(event) => event,
+        Err(e) => {
+            // Retried: adding the missing previous key (and reloading) opens it.
+            let error = format!("the customer data does not open: {e}");
+            tracing::error!(action = %action.name, %error, "action: cannot build the event");
+            return Some(action.retry.decide(
+                super::Outcome::Retry { error, after: None },
+                run.attempts,
+                run.created_at,
+                Utc::now(),
+            ));
+        }
     };
     let started = std::time::Instant::now();
     // Each kind enforces `timeout` itself and says how it ended; this bound

@@ -117,24 +117,34 @@ fn is_legacy_customer_field(k: &str) -> bool {
 }
 
 impl Event {
-    pub fn new(n: &StoredNotification, include_customer: bool) -> Event {
-        Self::build(n, include_customer, true)
+    /// The event of `n`; `personal`: its opened customer data (see
+    /// [`crate::privacy`]), put back before the customer is included.
+    pub fn new(n: &StoredNotification, personal: Option<&str>, include_customer: bool) -> Event {
+        Self::build(n, personal, include_customer, true)
     }
 
     /// The event without the notification's body (`notification` null, no
     /// line items, no customer): what a `log` action reads, so its runs do
     /// not parse the payload.
     pub fn summary(n: &StoredNotification) -> Event {
-        Self::build(n, false, false)
+        Self::build(n, None, false, false)
     }
 
-    fn build(n: &StoredNotification, include_customer: bool, body: bool) -> Event {
+    fn build(
+        n: &StoredNotification,
+        personal: Option<&str>,
+        include_customer: bool,
+        body: bool,
+    ) -> Event {
         let x = &n.notification;
         let mut notification: Value = if body {
             serde_json::from_str(&x.payload).unwrap_or_else(|_| Value::String(x.payload.clone()))
         } else {
             Value::Null
         };
+        if let Some(p) = personal {
+            crate::privacy::restore(&mut notification, p);
+        }
         let legacy = n.form == BodyForm::LegacyForm;
         let customer = match notification.as_object_mut() {
             Some(o) if legacy => {

@@ -17,6 +17,7 @@ use rust_decimal::Decimal;
 
 use crate::config::{check_name, invalid, ActionSettings, ConfigError};
 use crate::ins::{Notification, TransactionType};
+use crate::privacy::{DataKeys, KeyError};
 use crate::store::{ActionRef, AlertPhase, AlertRow, RunOutcome, StoredNotification};
 
 pub use dispatcher::Dispatcher;
@@ -183,6 +184,8 @@ pub struct Action {
     pub include_customer: bool,
     filter: Filter,
     kind: Kind,
+    /// What opens the sealed customer data (see [`crate::privacy`]).
+    keys: Option<Arc<DataKeys>>,
 }
 
 impl Action {
@@ -220,11 +223,20 @@ impl Action {
         }
     }
 
-    /// The event this action sends for `n`.
-    pub fn event(&self, n: &StoredNotification) -> Event {
+    /// The event this action sends for `n`; an error when its customer
+    /// data is needed and does not open (a missing previous key).
+    pub fn event(&self, n: &StoredNotification) -> Result<Event, KeyError> {
         match self.kind {
-            Kind::Log => Event::summary(n),
-            _ => Event::new(n, self.include_customer),
+            Kind::Log => Ok(Event::summary(n)),
+            _ if !self.include_customer => Ok(Event::new(n, None, false)),
+            _ => {
+                let personal = match (&n.personal, &self.keys) {
+                    (Some(sealed), Some(keys)) => Some(crate::privacy::open_customer(keys, n, sealed)?),
+                    (Some(_), None) => return Err(KeyError::UnknownKey("none configured".into())),
+                    (None, _) => None,
+                };
+                Ok(Event::new(n, personal.as_deref(), true))
+            }
         }
     }
 
@@ -331,9 +343,18 @@ impl Actions {
                     min_refund_risk: s.when.min_refund_risk,
                 },
                 kind,
+                keys: None,
             });
         }
         Ok(Actions { list })
+    }
+
+    /// The actions, able to open sealed customer data with `keys`.
+    pub fn with_keys(mut self, keys: Option<Arc<DataKeys>>) -> Actions {
+        for a in &mut self.list {
+            a.keys.clone_from(&keys);
+        }
+        self
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Action> {

@@ -1,8 +1,12 @@
-//! `[[alerts]]`: the settings of one alert rule, as written; and `[risk]`. Every key is
+//! `[[alerts]]`: the settings of one alert rule, as written; `[risk]`; and
+//! `[privacy]`. Every key is
 //! optional but `name`, `kind` and `notify`; a key of another kind is
 //! refused when the rules are built ([`crate::alerts::Rules::build`]), and
 //! defaults that depend on the kind are filled in there.
 
+use std::path::PathBuf;
+
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,6 +92,35 @@ impl Default for RiskSettings {
             enabled: true,
             window_days: 60,
             retrain_every: None,
+        }
+    }
+}
+
+/// `[privacy]`: customer data at rest (see `crate::privacy`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// Seal the buyer's personal data before it reaches the database.
+    pub encrypt: bool,
+    /// The data key: 32 random bytes, base64, in this file…
+    pub data_key_file: Option<PathBuf>,
+    /// …or in this environment variable (takes precedence).
+    pub data_key_env: Option<String>,
+    /// Earlier data keys (base64), so rows sealed before a rotation still open.
+    #[serde(serialize_with = "super::ser_redacted_vec")]
+    pub previous_data_keys: Vec<SecretString>,
+    /// Create `data_key_file` when it does not exist yet (a first start).
+    pub generate_key: bool,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            encrypt: true,
+            data_key_file: Some(PathBuf::from("data/kaching.key")),
+            data_key_env: None,
+            previous_data_keys: Vec::new(),
+            generate_key: true,
         }
     }
 }

@@ -91,6 +91,7 @@ pub async fn run(
         .context("the account has no key")?
         .secret()
         .to_owned();
+    crate::app::check_data_keys(store, &runtime).await?;
     let (writer, mut writers) = Writer::spawn(store.clone(), Default::default());
     let ingest = Arc::new(Ingest::new(
         Arc::new(ArcSwap::from_pointee(runtime)),

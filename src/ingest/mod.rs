@@ -210,6 +210,11 @@ impl Ingest {
                 return Err(IngestError::Rejected(reason));
             }
         };
+        let mut auth = auth;
+        let (personal, email_index) = match &runtime.data_keys {
+            Some(keys) => crate::privacy::seal_customer(keys, &auth.account, auth.form, &mut auth.notification),
+            None => (None, None),
+        };
         let refund_risk = match &self.risk {
             Some(slot) if auth.notification.transaction_type == TransactionType::Sale => {
                 slot.load().as_ref().map(|s| {
@@ -228,6 +233,8 @@ impl Ingest {
                 self.runs.as_ref().map(|_| post.received_at),
             ),
             refund_risk,
+            personal,
+            email_index,
             account: auth.account,
             form: auth.form,
             notification: Arc::new(auth.notification),
@@ -251,13 +258,29 @@ impl Ingest {
 
     fn keep(&self, post: &Post<'_>, body: &Bytes, reason: String, signature: Option<&str>) {
         if let Some(keeper) = &self.rejected {
+            use chrono::SubsecRound as _;
+            // Microseconds: what both databases keep, and the sealed body's binding.
+            let received_at = post.received_at.trunc_subsecs(6);
+            let source_ip = post.source_ip.to_string();
+            let (body, sealed) = match &self.runtime.load().data_keys {
+                Some(keys) => (
+                    keys.seal(
+                        &crate::privacy::rejected_aad(received_at, Some(&source_ip)),
+                        body,
+                    )
+                    .into_bytes(),
+                    true,
+                ),
+                None => (body.to_vec(), false),
+            };
             keeper.keep(NewRejected {
-                received_at: post.received_at,
+                received_at,
                 source_ip: Some(post.source_ip),
                 account_hint: post.account_hint.map(str::to_owned),
                 reason,
-                body: body.to_vec(),
+                body,
                 signature: signature.map(str::to_owned),
+                sealed,
             });
         }
     }

@@ -174,6 +174,10 @@ pub struct NewNotification {
     pub actions: Vec<ActionRef>,
     /// A sale's refund-risk score, when a model is in force ([`crate::risk`]).
     pub refund_risk: Option<f64>,
+    /// The personal data cut out of the payload, sealed ([`crate::privacy`]).
+    pub personal: Option<String>,
+    /// The blind index of the buyer's email.
+    pub email_index: Option<String>,
 }
 
 impl NewNotification {
@@ -225,6 +229,8 @@ pub struct NewRejected {
     pub reason: String,
     pub body: Vec<u8>,
     pub signature: Option<String>,
+    /// `body` is the post sealed under the data key ([`crate::privacy`]).
+    pub sealed: bool,
 }
 
 /// A stored notification, read back typed: the [`Notification`] the ins
@@ -243,6 +249,9 @@ pub struct StoredNotification {
     pub last_seen_at: DateTime<Utc>,
     /// A sale's refund-risk score at receipt (see [`crate::risk`]).
     pub refund_risk: Option<f64>,
+    /// Its personal data, sealed ([`crate::privacy`]); `None` when it has
+    /// none, was stored unencrypted, or was erased.
+    pub personal: Option<String>,
 }
 
 impl StoredNotification {
@@ -259,6 +268,7 @@ impl StoredNotification {
             duplicates: 0,
             last_seen_at: n.received_at,
             refund_risk: n.refund_risk,
+            personal: n.personal.clone(),
         }
     }
 }
@@ -271,7 +281,7 @@ SELECT id, account, role, receipt, transaction_type, transaction_time, vendor, a
     CAST(total_tax_amount AS TEXT) AS total_tax_amount, \
     CAST(total_shipping_amount AS TEXT) AS total_shipping_amount, \
     currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, last_seen_at, \
-    refund_risk \
+    refund_risk, customer_sealed \
 FROM notifications";
 
 /// A `notifications` row as both backends decode it: the one place columns
@@ -300,6 +310,7 @@ struct NotificationRow {
     duplicates: i64,
     last_seen_at: DateTime<Utc>,
     refund_risk: Option<f64>,
+    customer_sealed: Option<String>,
 }
 
 /// Parses a stored value with the ins layer's own constructor; a value that
@@ -361,6 +372,7 @@ impl TryFrom<NotificationRow> for StoredNotification {
             duplicates: r.duplicates,
             last_seen_at: r.last_seen_at,
             refund_risk: r.refund_risk,
+            personal: r.customer_sealed,
         })
     }
 }
@@ -374,6 +386,7 @@ pub struct RejectedRow {
     pub reason: String,
     pub body: Vec<u8>,
     pub signature: Option<String>,
+    pub sealed: bool,
 }
 
 /// The store, Postgres or SQLite. Cheap to clone (a pool handle).
@@ -501,8 +514,8 @@ impl Store {
         relaxed_tx!(self, tx => {
             for r in rows {
                 sqlx::query(
-                    "INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO rejected (received_at, source_ip, account_hint, reason, body, signature, \
+                     sealed) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(r.received_at)
                 .bind(r.source_ip.map(|ip| ip.to_string()))
@@ -510,6 +523,7 @@ impl Store {
                 .bind(text(&r.reason))
                 .bind(&r.body)
                 .bind(r.signature.as_deref())
+                .bind(r.sealed)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -529,7 +543,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RejectedRow>, StoreError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT id, received_at, source_ip, account_hint, reason, body, signature \
+            "SELECT id, received_at, source_ip, account_hint, reason, body, signature, sealed \
              FROM rejected WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after_id)

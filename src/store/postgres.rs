@@ -31,7 +31,7 @@ pub struct PgStore {
 pub(super) const NOTIFICATION_COLUMNS: &str = "account, role, receipt, transaction_type, \
     transaction_time, vendor, affiliate, total_account_amount, total_order_amount, \
     total_tax_amount, total_shipping_amount, currency, version, attempt_count, form, payload, \
-    source_ip, received_at, last_seen_at, duplicates, refund_risk";
+    source_ip, received_at, last_seen_at, duplicates, refund_risk, customer_sealed, customer_index";
 
 /// The runs of a batch's new notifications, one statement.
 const INSERT_RUNS: &str = "\
@@ -48,16 +48,17 @@ const INSERT_BATCH: &str = "\
 INSERT INTO notifications (account, role, receipt, transaction_type, transaction_time, vendor, \
     affiliate, total_account_amount, total_order_amount, total_tax_amount, total_shipping_amount, \
     currency, version, attempt_count, form, payload, source_ip, received_at, last_seen_at, duplicates, \
-    refund_risk) \
+    refund_risk, customer_sealed, customer_index) \
 SELECT u.account, u.role, u.receipt, u.transaction_type, u.transaction_time, u.vendor, u.affiliate, \
     u.a1::numeric, u.a2::numeric, u.a3::numeric, u.a4::numeric, u.currency, u.version, u.attempt_count, u.form, u.payload, u.source_ip, \
-    u.received_at, u.received_at, u.duplicates, u.refund_risk \
+    u.received_at, u.received_at, u.duplicates, u.refund_risk, u.sealed, u.idx \
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], \
     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
     $13::text[], $14::int4[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], $19::int8[], \
-    $20::float8[]) \
+    $20::float8[], $21::text[], $22::text[]) \
     AS u(account, role, receipt, transaction_type, transaction_time, vendor, affiliate, a1, a2, a3, \
-    a4, currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, refund_risk) \
+    a4, currency, version, attempt_count, form, payload, source_ip, received_at, duplicates, refund_risk, \
+    sealed, idx) \
 ON CONFLICT (account, role, receipt, transaction_type, transaction_time) DO NOTHING \
 RETURNING id, account, role, receipt, transaction_type, transaction_time";
 
@@ -256,6 +257,8 @@ impl PgStore {
             .bind(col(&all, |r| r.received_at))
             .bind(all.iter().map(|u| u.copies - 1).collect::<Vec<_>>())
             .bind(col(&all, |r| r.refund_risk))
+            .bind(col(&all, |r| r.personal.clone()))
+            .bind(col(&all, |r| r.email_index.clone()))
             .fetch_all(&mut *tx)
             .await?;
         let mut found: HashMap<Key, Upserted> =

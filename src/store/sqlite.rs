@@ -127,9 +127,12 @@ impl SqliteStore {
         for chunk in rows.chunks(CHUNK) {
             let mut sql = format!("INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES ");
             for r in 0..chunk.len() {
-                let p = |c: usize| format!("${}", r * 20 + c);
+                let p = |c: usize| format!("${}", r * 22 + c);
                 sql.push_str(if r == 0 { "(" } else { ", (" });
-                let cols: Vec<String> = (1..=18).map(p).chain([p(18), p(19), p(20)]).collect();
+                let cols: Vec<String> = (1..=18)
+                    .map(p)
+                    .chain([p(18), p(19), p(20), p(21), p(22)])
+                    .collect();
                 sql.push_str(&cols.join(", "));
                 sql.push(')');
             }
@@ -161,7 +164,9 @@ impl SqliteStore {
                     .bind(row.source_ip.map(|ip| ip.to_string()))
                     .bind(row.received_at)
                     .bind(u.copies - 1)
-                    .bind(row.refund_risk);
+                    .bind(row.refund_risk)
+                    .bind(row.personal.as_deref())
+                    .bind(row.email_index.as_deref());
             }
             for (id, a, r, rc, t, tt) in q.fetch_all(&mut *tx).await? {
                 found.insert((a, r, rc, t, tt), id);

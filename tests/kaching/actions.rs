@@ -412,17 +412,20 @@ async fn replay_creates_runs_for_stored_notifications(backend: Backend) {
     )
     .await;
     // The action is added afterwards, then replayed by a user with the CLI.
-    let (dir, url) = (
+    let (dir, url, key) = (
         app.dir.path().to_owned(),
         app.settings.database.url.expose().to_owned(),
+        crate::cli::key_file(&app),
     );
     let app = app.stop().await;
     let cfg = dir.join("replay.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[database]\nurl = \"{url}\"\n[[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
+            "[database]\nurl = \"{url}\"\n[privacy]\ndata_key_file = \"{}\"\n\
+             [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
              [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"{}\"\n[actions.when]\ntypes = [\"SALE\"]\n",
+            key.display(),
             target.url()
         ),
     )
@@ -454,6 +457,7 @@ async fn replay_creates_runs_for_stored_notifications(backend: Backend) {
         .unwrap()
         .0;
     settings.database.url = app.settings.database.url.clone();
+    settings.privacy = app.settings.privacy.clone();
     settings.tls.self_signed_dir = dir.join("tls");
     settings.actions.push(webhook("crm", &target.url()));
     let app = TestApp::start(settings, app.dir, app.pg).await;
@@ -493,6 +497,7 @@ async fn two_daemons_on_one_postgres_execute_every_run_once() {
         .unwrap()
         .0;
     settings.database.url = first.settings.database.url.clone();
+    settings.privacy = first.settings.privacy.clone();
     settings.tls.self_signed_dir = first.dir.path().join("tls2");
     settings.actions.push(webhook("crm", &target.url()));
     let second = TestApp::start(settings, tempfile::tempdir().unwrap(), None).await;

@@ -308,6 +308,7 @@ async fn the_demo_historys_spiking_product_fires_and_a_long_silence_fires(backen
     let summary = kaching::demo::run(
         Settings {
             accounts: vec![crate::support::account("acme", KEY)],
+            privacy: app.settings.privacy.clone(),
             ..Default::default()
         },
         &app.store,

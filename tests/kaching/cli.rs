@@ -109,11 +109,22 @@ fn encrypt_then_decrypt_round_trips_and_decrypt_reads_a_real_capture() {
 }
 
 /// A config file for the same database as `app`, with `acme`'s key set to `key`.
+/// The app's data key file: the CLI must seal and open with the same key.
+pub fn key_file(app: &TestApp) -> std::path::PathBuf {
+    app.settings
+        .privacy
+        .data_key_file
+        .clone()
+        .expect("tests set a key file")
+}
+
 fn config_file(app: &TestApp, key: &str) -> std::path::PathBuf {
     let path = app.dir.path().join("kaching.toml");
     let toml = format!(
-        "[database]\nurl = \"{}\"\n[[accounts]]\nname = \"acme\"\nsecret_key = \"{key}\"\n",
-        app.settings.database.url.expose()
+        "[database]\nurl = \"{}\"\n[privacy]\ndata_key_file = \"{}\"\n\
+         [[accounts]]\nname = \"acme\"\nsecret_key = \"{key}\"\n",
+        app.settings.database.url.expose(),
+        key_file(app).display()
     );
     std::fs::write(&path, toml).unwrap();
     path

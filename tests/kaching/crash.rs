@@ -67,8 +67,10 @@ impl Daemon {
             &cfg,
             format!(
                 "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nmode = \"off\"\n[database]\nurl = \"{}\"\n\
+                 [privacy]\ndata_key_file = \"{}\"\n\
                  [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n{}",
                 settings.database.url.expose(),
+                dir.path().join("kaching.key").display(),
                 tail.replace("{target}", &target.to_string())
             ),
         )

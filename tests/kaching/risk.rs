@@ -40,6 +40,7 @@ async fn a_new_sale_is_scored_stored_filtered_and_shown(backend: Backend) {
 
     let demo = Settings {
         accounts: vec![account("acme", KEY)],
+        privacy: app.settings.privacy.clone(),
         ..Default::default()
     };
     kaching::demo::run(demo, &app.store, Some("acme"), 3, 200, Utc::now(), 40.0)

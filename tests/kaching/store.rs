@@ -29,6 +29,8 @@ fn row(pt: &str) -> NewNotification {
         received_at: Utc::now(),
         actions: Vec::new(),
         refund_risk: None,
+        personal: None,
+        email_index: None,
     }
 }
 

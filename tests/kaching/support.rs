@@ -181,6 +181,7 @@ impl TestApp {
         s.admin.listen = "127.0.0.1:0".into();
         s.tls.mode = TlsMode::SelfSigned;
         s.tls.self_signed_dir = dir.path().join("tls");
+        s.privacy.data_key_file = Some(dir.path().join("kaching.key"));
         s.accounts = vec![account("acme", KEY), account("affil", OTHER_KEY)];
         let pg = match backend {
             Backend::Sqlite => {
