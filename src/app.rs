@@ -106,7 +106,10 @@ pub async fn check_data_keys(store: &Store, runtime: &Runtime) -> anyhow::Result
         .record_data_key(keys.current_id(), chrono::Utc::now())
         .await
         .context("cannot record the data key")?;
-    tracing::info!(key = keys.current_id(), "privacy: customer data is sealed at rest");
+    tracing::info!(
+        key = keys.current_id(),
+        "privacy: customer data is sealed at rest"
+    );
     Ok(())
 }
 

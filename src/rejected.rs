@@ -53,7 +53,8 @@ pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Repr
             let body = match (row.sealed, &keys) {
                 (false, _) => row.body.clone(),
                 (true, Some(keys)) => {
-                    let aad = crate::privacy::rejected_aad(row.received_at, row.source_ip.as_deref());
+                    let aad =
+                        crate::privacy::rejected_aad(row.received_at, row.source_ip.as_deref());
                     match std::str::from_utf8(&row.body)
                         .map_err(|_| crate::privacy::KeyError::NotSealed)
                         .and_then(|sealed| keys.open(&aad, sealed))
@@ -67,7 +68,10 @@ pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Repr
                     }
                 }
                 (true, None) => {
-                    tracing::warn!(rejected_id = row.id, "rejected: the kept post is sealed and privacy.encrypt is off");
+                    tracing::warn!(
+                        rejected_id = row.id,
+                        "rejected: the kept post is sealed and privacy.encrypt is off"
+                    );
                     summary.still_rejected += 1;
                     continue;
                 }

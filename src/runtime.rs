@@ -16,11 +16,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::actions::Actions;
 use crate::alerts::Rules;
-use crate::privacy::DataKeys;
 use crate::config::{
     invalid, AccountSettings, ConfigError, PrivacySettings, Settings, DEMO_SECRET_KEY,
 };
 use crate::ins::{AccountKey, AccountKeys, AccountName};
+use crate::privacy::DataKeys;
 
 /// One configured account: its keys and its own source-address allowlist.
 #[derive(Debug)]
@@ -140,7 +140,11 @@ fn data_keys(p: &PrivacySettings) -> Result<Option<Arc<DataKeys>>, ConfigError> 
             ))
         }
     };
-    let previous: Vec<&str> = p.previous_data_keys.iter().map(|k| k.expose_secret()).collect();
+    let previous: Vec<&str> = p
+        .previous_data_keys
+        .iter()
+        .map(|k| k.expose_secret())
+        .collect();
     // The current key alone first, so an error names the right setting.
     DataKeys::new(&current, &[]).map_err(|e| invalid(key, format!("the data key {e}")))?;
     DataKeys::new(&current, &previous)

@@ -231,7 +231,9 @@ impl Action {
             _ if !self.include_customer => Ok(Event::new(n, None, false)),
             _ => {
                 let personal = match (&n.personal, &self.keys) {
-                    (Some(sealed), Some(keys)) => Some(crate::privacy::open_customer(keys, n, sealed)?),
+                    (Some(sealed), Some(keys)) => {
+                        Some(crate::privacy::open_customer(keys, n, sealed)?)
+                    }
                     (Some(_), None) => return Err(KeyError::UnknownKey("none configured".into())),
                     (None, _) => None,
                 };

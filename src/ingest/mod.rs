@@ -212,7 +212,12 @@ impl Ingest {
         };
         let mut auth = auth;
         let (personal, email_index) = match &runtime.data_keys {
-            Some(keys) => crate::privacy::seal_customer(keys, &auth.account, auth.form, &mut auth.notification),
+            Some(keys) => crate::privacy::seal_customer(
+                keys,
+                &auth.account,
+                auth.form,
+                &mut auth.notification,
+            ),
             None => (None, None),
         };
         let refund_risk = match &self.risk {

@@ -22,9 +22,13 @@ const PREFIX: &str = "v1";
 pub enum KeyError {
     #[error("is not base64 of {KEY_BYTES} bytes")]
     Malformed,
-    #[error("was sealed under key {0}, which is neither the data key nor one of previous_data_keys")]
+    #[error(
+        "was sealed under key {0}, which is neither the data key nor one of previous_data_keys"
+    )]
     UnknownKey(String),
-    #[error("does not decrypt: the key is wrong, or the value was altered or belongs to another row")]
+    #[error(
+        "does not decrypt: the key is wrong, or the value was altered or belongs to another row"
+    )]
     Corrupt,
     #[error("is not a sealed value")]
     NotSealed,
@@ -67,7 +71,10 @@ impl std::fmt::Debug for DataKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataKeys")
             .field("current", &self.current.id)
-            .field("previous", &self.previous.iter().map(|k| &k.id).collect::<Vec<_>>())
+            .field(
+                "previous",
+                &self.previous.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -119,7 +126,13 @@ impl DataKeys {
         let ct = self
             .current
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default();
         let mut body = nonce.to_vec();
         body.extend_from_slice(&ct);
@@ -140,7 +153,11 @@ impl DataKeys {
         let body = sealed
             .rsplit('.')
             .next()
-            .and_then(|b| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b).ok())
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(b)
+                    .ok()
+            })
             .filter(|b| b.len() > 24)
             .ok_or(KeyError::Corrupt)?;
         let (nonce, ct) = body.split_at(24);
@@ -152,7 +169,8 @@ impl DataKeys {
     /// The blind index of an email address: HMAC-SHA256 of it trimmed and
     /// lowercased, hex.
     pub fn email_index(&self, email: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index).expect("HMAC takes any key");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.index).expect("HMAC takes any key");
         mac.update(email.trim().to_lowercase().as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -188,15 +206,24 @@ mod tests {
         assert!(rotated.seal(b"r", b"x").contains(rotated.current_id()));
         // Without it: named, not garbage.
         let without = DataKeys::new(&new, &[]).unwrap();
-        assert!(matches!(without.open(b"row 1", &sealed), Err(KeyError::UnknownKey(_))));
+        assert!(matches!(
+            without.open(b"row 1", &sealed),
+            Err(KeyError::UnknownKey(_))
+        ));
         assert_eq!(DataKeys::new("short", &[]).err(), Some(KeyError::Malformed));
     }
 
     #[test]
     fn the_blind_index_ignores_case_and_spaces_and_depends_on_the_key() {
         let keys = DataKeys::new(&generate(), &[]).unwrap();
-        assert_eq!(keys.email_index(" Zoe@Example.com "), keys.email_index("zoe@example.com"));
+        assert_eq!(
+            keys.email_index(" Zoe@Example.com "),
+            keys.email_index("zoe@example.com")
+        );
         let other = DataKeys::new(&generate(), &[]).unwrap();
-        assert_ne!(keys.email_index("zoe@example.com"), other.email_index("zoe@example.com"));
+        assert_ne!(
+            keys.email_index("zoe@example.com"),
+            other.email_index("zoe@example.com")
+        );
     }
 }

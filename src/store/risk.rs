@@ -116,11 +116,19 @@ impl Store {
             "INSERT INTO privacy_keys (id, first_used) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
         match self {
             Store::Postgres(s) => {
-                sqlx::query(INSERT).bind(id).bind(now).execute(s.pool()).await?;
+                sqlx::query(INSERT)
+                    .bind(id)
+                    .bind(now)
+                    .execute(s.pool())
+                    .await?;
             }
             Store::Sqlite(s) => {
                 let _write = s.write_lock().await;
-                sqlx::query(INSERT).bind(id).bind(now).execute(s.pool()).await?;
+                sqlx::query(INSERT)
+                    .bind(id)
+                    .bind(now)
+                    .execute(s.pool())
+                    .await?;
             }
         }
         Ok(())

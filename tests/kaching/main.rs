@@ -20,6 +20,7 @@ mod faults;
 mod ingest;
 mod metrics;
 mod outbox;
+mod privacy;
 mod reload;
 mod risk;
 mod security;

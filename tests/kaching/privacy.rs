@@ -1,0 +1,232 @@
+//! Customer data at rest: what a copied database file or a dump shows of
+//! the buyers (nothing), what the actions still get (everything), and what
+//! a wrong key does (refuse to start, naming the setting).
+
+use std::time::Duration;
+
+use kaching::config::Settings;
+use rand::Rng as _;
+use secrecy::SecretString;
+
+use crate::actions::webhook;
+use crate::on_both_backends;
+use crate::support::{envelope, plaintext, Backend, TestApp, KEY};
+use crate::target::{eventually, Target};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn random(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}{n:016x}")
+}
+
+/// A buyer whose every field is unique.
+struct Buyer {
+    email: String,
+    first: String,
+    phone: String,
+    street: String,
+}
+
+impl Buyer {
+    fn new() -> Buyer {
+        Buyer {
+            email: format!("{}@{}.example", random("mail"), random("dom")),
+            first: random("Name"),
+            phone: random("+4670"),
+            street: random("Street"),
+        }
+    }
+
+    fn secrets(&self) -> [&str; 4] {
+        [&self.email, &self.first, &self.phone, &self.street]
+    }
+
+    /// A sale to this buyer, in ClickBank's v6 shape.
+    fn sale(&self, receipt: &str) -> String {
+        plaintext(receipt, "SALE", "2026-11-20T10:00:00Z", 1).replace(
+            r#""customer":{"billing":{"firstName":"Zoë","lastName":"Ångström","fullName":"Zoë Ångström","email":"zoe@example.com","address":{"country":"SE"}}}"#,
+            &format!(
+                r#""customer":{{"billing":{{"firstName":"{}","lastName":"L","phoneNumber":"{}","email":"{}","address":{{"address1":"{}","country":"SE"}}}}}}"#,
+                self.first, self.phone, self.email, self.street
+            ),
+        )
+    }
+}
+
+/// Every byte the database keeps: the SQLite file and its WAL as they are,
+/// or a `pg_dump` of the Postgres database.
+fn database_bytes(app: &TestApp) -> Vec<u8> {
+    match &app.pg {
+        None => {
+            let db = app.dir.path().join("kaching.db");
+            let mut bytes = std::fs::read(&db).unwrap();
+            if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
+                bytes.extend(wal);
+            }
+            bytes
+        }
+        Some(pg) => {
+            let out = std::process::Command::new("pg_dump")
+                .arg(&pg.url)
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+async fn no_buyer_data_reaches_the_database_and_actions_still_get_it(backend: Backend) {
+    let target = Target::start("127.0.0.1:0".parse().unwrap()).await;
+    let Some(app) = TestApp::spawn(backend, |s: &mut Settings| {
+        s.actions.push(webhook("crm", &target.url()));
+        s.accounts[0].hmac_header = "X-Signature".into();
+    })
+    .await
+    else {
+        return;
+    };
+    let buyers: Vec<Buyer> = (0..4).map(|_| Buyer::new()).collect();
+    for (i, b) in buyers.iter().enumerate() {
+        let r = app
+            .post_ins(envelope(KEY, &b.sale(&format!("PRIV{i:04}"))))
+            .await;
+        assert_eq!(r.0, 200);
+    }
+    // A plain JSON post with a wrong signature: refused, and kept.
+    let forged = Buyer::new();
+    let r = app
+        .client
+        .post(format!("{}/ins", app.base))
+        .header("X-Signature", "sha256=00")
+        .body(forged.sale("PRIV9999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    eventually(WAIT, "the kept post", || async {
+        (!app.store.rejected_after(0, 10).await.unwrap().is_empty()).then_some(())
+    })
+    .await;
+    // The webhook (include_customer) receives them in clear.
+    let got = target.wait_for(buyers.len(), WAIT).await;
+    for b in &buyers {
+        let d = got
+            .iter()
+            .find(|d| d.json()["customer"]["billing"]["email"] == b.email.as_str())
+            .unwrap_or_else(|| panic!("{} delivered in clear", b.email));
+        assert_eq!(
+            d.json()["customer"]["billing"]["address"]["address1"],
+            b.street.as_str()
+        );
+        assert_eq!(
+            d.json()["notification"]["customer"]["billing"]["phoneNumber"],
+            b.phone.as_str()
+        );
+    }
+    // The database, byte for byte: none of it, not even the refused post's.
+    let bytes = database_bytes(&app);
+    assert!(contains(&bytes, "PRIV0000"), "the search sees the rows");
+    for b in buyers.iter().chain([&forged]) {
+        for secret in b.secrets() {
+            assert!(!contains(&bytes, secret), "{secret} is in the database");
+        }
+    }
+    // The clear part keeps what reports need.
+    let rows = app.rows().await;
+    assert!(rows[0].notification.payload.contains(r#""country":"SE""#));
+    assert!(rows
+        .iter()
+        .all(|r| r.personal.as_deref().is_some_and(|p| p.starts_with("v1."))));
+    let app = app.stop().await;
+    if app.pg.is_none() {
+        // After the last connection closed (a checkpoint), the file alone.
+        let bytes = database_bytes(&app);
+        for b in &buyers {
+            assert!(!contains(&bytes, &b.email));
+        }
+    }
+}
+
+async fn a_wrong_key_is_refused_and_a_rotated_one_still_opens_old_rows(backend: Backend) {
+    let target = Target::start("127.0.0.1:0".parse().unwrap()).await;
+    let Some(app) = TestApp::spawn(backend, |_| {}).await else {
+        return;
+    };
+    let b = Buyer::new();
+    assert_eq!(
+        app.post_ins(envelope(KEY, &b.sale("ROT00001"))).await.0,
+        200
+    );
+    let app = app.stop().await;
+    let key_file = app.settings.privacy.data_key_file.clone().unwrap();
+    let old = std::fs::read_to_string(&key_file).unwrap();
+
+    // Another key in its place: the start is refused, naming the setting.
+    std::fs::write(&key_file, kaching::privacy::generate()).unwrap();
+    let err = kaching::app::App::build(&app.settings)
+        .await
+        .err()
+        .expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("privacy.data_key_file"), "{message}");
+    // A key that is no key at all: named too.
+    std::fs::write(&key_file, "not a key").unwrap();
+    let err = kaching::runtime::Runtime::build(&app.settings)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("privacy.data_key_file"), "{err}");
+
+    // Rotated: a new key, the old one among the previous keys. Old rows open.
+    std::fs::write(&key_file, kaching::privacy::generate()).unwrap();
+    let mut settings = app.settings;
+    settings.privacy.previous_data_keys = vec![SecretString::from(old)];
+    settings.actions.push(webhook("crm", &target.url()));
+    let app = TestApp::start(settings, app.dir, app.pg).await;
+    let stored = app.rows().await.remove(0);
+    let crm = app
+        .settings
+        .actions
+        .iter()
+        .find(|a| a.name == "crm")
+        .unwrap();
+    assert!(crm.include_customer);
+    // Replay the old notification through the new action: it opens with the previous key.
+    let runs = app
+        .store
+        .create_runs(&[stored.id], "crm", chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    let got = target.wait_for(1, WAIT).await;
+    assert_eq!(
+        got[0].json()["customer"]["billing"]["email"],
+        b.email.as_str()
+    );
+    // New rows are sealed under the new key.
+    assert_eq!(
+        app.post_ins(envelope(KEY, &Buyer::new().sale("ROT00002")))
+            .await
+            .0,
+        200
+    );
+    let ids = app.store.data_key_ids().await.unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    app.stop().await;
+}
+
+on_both_backends!(
+    no_buyer_data_reaches_the_database_and_actions_still_get_it,
+    a_wrong_key_is_refused_and_a_rotated_one_still_opens_old_rows,
+);
