@@ -36,6 +36,7 @@ pub struct App {
     projector: tokio::task::JoinHandle<()>,
     alerts: tokio::task::JoinHandle<()>,
     risk: tokio::task::JoinHandle<()>,
+    retention: tokio::task::JoinHandle<()>,
     token: CancellationToken,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -175,6 +176,12 @@ impl App {
             retrain_every,
             token.clone(),
         );
+        let retention = crate::privacy::erase::spawn_retention(
+            store.clone(),
+            settings.privacy.customer_data_retention_days,
+            settings.privacy.rejected_retention_days,
+            token.clone(),
+        );
         let mut ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
         if settings.risk.enabled {
             ingest = ingest.with_risk(slot);
@@ -233,6 +240,7 @@ impl App {
             projector,
             alerts,
             risk,
+            retention,
             token,
             router,
             tls,
@@ -336,6 +344,7 @@ impl App {
         let _ = tokio::time::timeout(self.grace, self.projector).await;
         let _ = tokio::time::timeout(self.grace, self.alerts).await;
         self.risk.abort();
+        self.retention.abort();
         // The dispatcher saw the same token: it stopped claiming and drains itself.
         if let Err(e) = self.dispatcher.await {
             tracing::error!(error = %e, "dispatcher: ended abnormally");

@@ -76,6 +76,22 @@ pub enum Command {
         #[command(subcommand)]
         command: AlertsCommand,
     },
+    /// The data keys that seal customer data.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Find a buyer's notifications by email (through the blind index).
+    Customers {
+        #[command(subcommand)]
+        command: CustomersCommand,
+    },
+    /// Erase one buyer's personal data (GDPR Art. 17): the financial record
+    /// and the dedup key stay.
+    Erase {
+        #[arg(long)]
+        email: String,
+    },
     /// The refund-risk model.
     Risk {
         #[command(subcommand)]
@@ -151,6 +167,23 @@ pub enum ReportCommand {
     /// Empty the report tables and count every stored notification again
     /// (after a fix to how notifications are read). Stop the daemon first.
     Rebuild,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new data key (32 random bytes, base64) for privacy.data_key_file.
+    Generate,
+    /// Re-seal every row under the current key, in batches (the daemon may run).
+    Rewrap,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CustomersCommand {
+    /// The notifications of the buyer with this email.
+    Find {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +454,83 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             fired.len()
                         );
                     }
+                }
+            }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => {
+            println!("{}", crate::privacy::generate());
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Rewrap,
+        } => {
+            let settings = load(&cli)?;
+            let runtime = crate::runtime::Runtime::build(&settings)?;
+            let store = open_store(&settings, true).await?;
+            crate::app::check_data_keys(&store, &runtime).await?;
+            let keys = runtime
+                .data_keys
+                .as_deref()
+                .context("privacy.encrypt is off: nothing is sealed")?;
+            let (done, failed) = crate::privacy::erase::rewrap(&store, keys, 500).await?;
+            println!(
+                "rewrapped {done} rows under key {}{}",
+                keys.current_id(),
+                if failed > 0 {
+                    format!("; {failed} rows do not open with any configured key and were left as they are")
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
+        Command::Customers {
+            command: CustomersCommand::Find { email },
+        } => {
+            let settings = load(&cli)?;
+            let runtime = crate::runtime::Runtime::build(&settings)?;
+            let store = open_store(&settings, true).await?;
+            let keys = runtime
+                .data_keys
+                .as_deref()
+                .context("privacy.encrypt is off: there is no blind index")?;
+            let rows = store.customers_find(&keys.email_indexes(email)).await?;
+            println!(
+                "{:>8}  {:<12}  {:<14}  {:<16}  time",
+                "id", "account", "receipt", "type"
+            );
+            for r in &rows {
+                println!(
+                    "{:>8}  {:<12}  {:<14}  {:<16}  {}",
+                    r.id,
+                    r.account,
+                    r.receipt,
+                    r.transaction_type,
+                    r.transaction_time.format("%Y-%m-%d %H:%M:%S")
+                );
+            }
+            println!("{} notifications", rows.len());
+            Ok(())
+        }
+        Command::Erase { email } => {
+            let settings = load(&cli)?;
+            let runtime = crate::runtime::Runtime::build(&settings)?;
+            let store = open_store(&settings, true).await?;
+            crate::app::check_data_keys(&store, &runtime).await?;
+            let e = crate::privacy::erase::erase(&store, &runtime, email, Utc::now()).await?;
+            println!(
+                "erased the personal data of {} notifications and {} kept rejected posts; the erasure is recorded",
+                e.notifications, e.rejected
+            );
+            if e.recipients.is_empty() {
+                println!("no configured action forwards personal data");
+            } else {
+                println!("kaching forwards buyers' personal data to these recipients; tell them too (GDPR Art. 19):");
+                for r in e.recipients {
+                    println!("  {r}");
                 }
             }
             Ok(())

@@ -42,6 +42,14 @@ fn mailbox(value: &str, key: String) -> Result<Mailbox, ConfigError> {
 }
 
 impl Email {
+    /// Who gets the mail: the buyer, or the fixed address.
+    pub fn recipient(&self) -> String {
+        match &self.to {
+            To::Customer => "the buyer".to_owned(),
+            To::Fixed(m) => m.email.to_string(),
+        }
+    }
+
     pub fn from_settings(
         s: &ActionSettings,
         key: &dyn Fn(&str) -> String,

@@ -247,6 +247,23 @@ impl Action {
         Event::alert(alert, phase)
     }
 
+    /// Where this action sends the buyer's personal data, if it does
+    /// (GDPR Art. 19: the recipients a seller must tell of an erasure).
+    pub fn recipient(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Webhook(w) if self.include_customer => {
+                Some(format!("webhook `{}` to {}", self.name, w.origin()))
+            }
+            Kind::Email(e) if self.include_customer => {
+                Some(format!("email `{}` to {}", self.name, e.recipient()))
+            }
+            Kind::Command(_) if self.include_customer => {
+                Some(format!("command `{}` (on its standard input)", self.name))
+            }
+            _ => None,
+        }
+    }
+
     /// Does this action run for a stored notification? (`kaching replay`)
     pub fn matches_stored(&self, n: &StoredNotification) -> bool {
         self.filter

@@ -28,6 +28,13 @@ pub struct Webhook {
     headers: HeaderMap,
 }
 
+impl Webhook {
+    /// Where it posts, without path or credentials: `https://hooks.example.com`.
+    pub fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+}
+
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")

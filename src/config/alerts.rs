@@ -111,6 +111,11 @@ pub struct PrivacySettings {
     pub previous_data_keys: Vec<SecretString>,
     /// Create `data_key_file` when it does not exist yet (a first start).
     pub generate_key: bool,
+    /// Erase the personal data of notifications received longer ago than
+    /// this many days (daily); unset: kept.
+    pub customer_data_retention_days: Option<u32>,
+    /// Delete kept rejected posts older than this many days (daily).
+    pub rejected_retention_days: u32,
 }
 
 impl Default for PrivacySettings {
@@ -121,6 +126,8 @@ impl Default for PrivacySettings {
             data_key_env: None,
             previous_data_keys: Vec::new(),
             generate_key: true,
+            customer_data_retention_days: None,
+            rejected_retention_days: 30,
         }
     }
 }

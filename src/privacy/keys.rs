@@ -37,6 +37,8 @@ pub enum KeyError {
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// The blind-index key derived from this key.
+    index: [u8; 32],
 }
 
 impl Key {
@@ -47,7 +49,12 @@ impl Key {
         if bytes.len() != KEY_BYTES {
             return Err(KeyError::Malformed);
         }
+        let mut index = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(Some(b"kaching"), &bytes)
+            .expand(b"blind index v1", &mut index)
+            .map_err(|_| KeyError::Malformed)?;
         Ok(Key {
+            index,
             id: key_id(&bytes),
             cipher: XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| KeyError::Malformed)?,
         })
@@ -60,11 +67,10 @@ fn key_id(bytes: &[u8]) -> String {
     hex::encode(&digest[..4])
 }
 
-/// The current data key, the previous ones, and the blind-index key.
+/// The current data key and the previous ones.
 pub struct DataKeys {
     current: Key,
     previous: Vec<Key>,
-    index: [u8; 32],
 }
 
 impl std::fmt::Debug for DataKeys {
@@ -94,17 +100,9 @@ impl DataKeys {
             .iter()
             .map(|p| Key::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(current.trim())
-            .map_err(|_| KeyError::Malformed)?;
-        let mut index = [0u8; 32];
-        hkdf::Hkdf::<Sha256>::new(Some(b"kaching"), &raw)
-            .expand(b"blind index v1", &mut index)
-            .map_err(|_| KeyError::Malformed)?;
         Ok(DataKeys {
             current: current_key,
             previous,
-            index,
         })
     }
 
@@ -166,14 +164,26 @@ impl DataKeys {
             .map_err(|_| KeyError::Corrupt)
     }
 
-    /// The blind index of an email address: HMAC-SHA256 of it trimmed and
-    /// lowercased, hex.
+    /// The blind index of an email address under the current key:
+    /// HMAC-SHA256 of it trimmed and lowercased, hex.
     pub fn email_index(&self, email: &str) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.index).expect("HMAC takes any key");
-        mac.update(email.trim().to_lowercase().as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        index_of(&self.current, email)
     }
+
+    /// Its blind index under every key (rows sealed before a rotation and
+    /// not rewrapped yet carry an older key's).
+    pub fn email_indexes(&self, email: &str) -> Vec<String> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| index_of(k, email))
+            .collect()
+    }
+}
+
+fn index_of(key: &Key, email: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.index).expect("HMAC takes any key");
+    mac.update(email.trim().to_lowercase().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The key id a sealed value names, if it is one.

@@ -4,6 +4,7 @@
 //! rest (what reports and alerts read) in clear; actions that need it open
 //! it at run time.
 
+pub mod erase;
 pub mod keys;
 pub mod split;
 

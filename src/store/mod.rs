@@ -12,6 +12,7 @@
 
 pub(crate) mod alerts;
 mod postgres;
+mod privacy;
 mod report;
 mod risk;
 mod runs;
@@ -37,6 +38,7 @@ pub use self::alerts::{
     RejectedSeen, SchemaPath,
 };
 pub use self::postgres::PgStore;
+pub use self::privacy::{CustomerRow, SealedRow};
 pub use self::report::{
     CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
     SaleFacts, SubscriptionChange, SumQuery, SumRow,

@@ -183,9 +183,7 @@ async fn a_wrong_key_is_refused_and_a_rotated_one_still_opens_old_rows(backend: 
     assert!(message.contains("privacy.data_key_file"), "{message}");
     // A key that is no key at all: named too.
     std::fs::write(&key_file, "not a key").unwrap();
-    let err = kaching::runtime::Runtime::build(&app.settings)
-        .err()
-        .expect("refused");
+    let err = kaching::runtime::Runtime::build(&app.settings).expect_err("refused");
     assert!(err.to_string().contains("privacy.data_key_file"), "{err}");
 
     // Rotated: a new key, the old one among the previous keys. Old rows open.
@@ -226,7 +224,259 @@ async fn a_wrong_key_is_refused_and_a_rotated_one_still_opens_old_rows(backend: 
     app.stop().await;
 }
 
+/// Whether the stored notification `receipt` still has sealed personal data.
+async fn sealed(app: &TestApp, receipt: &str) -> bool {
+    app.rows()
+        .await
+        .iter()
+        .find(|n| n.notification.receipt.as_str() == receipt)
+        .unwrap_or_else(|| panic!("{receipt} is stored"))
+        .personal
+        .is_some()
+}
+
+async fn erasing_a_buyer_under_load_keeps_the_sale_and_a_retry_does_not_restore_them(
+    backend: Backend,
+) {
+    let target = Target::start("127.0.0.1:0".parse().unwrap()).await;
+    let Some(app) = TestApp::spawn(backend, |s: &mut Settings| {
+        s.accounts[0].hmac_header = "X-Signature".into();
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (Buyer::new(), Buyer::new());
+    for (receipt, buyer) in [("ERAA0001", &a), ("ERAA0002", &a), ("ERAB0001", &b)] {
+        assert_eq!(
+            app.post_ins(envelope(KEY, &buyer.sale(receipt))).await.0,
+            200
+        );
+    }
+    // A refused post of A's, kept.
+    let r = app
+        .client
+        .post(format!("{}/ins", app.base))
+        .header("X-Signature", "sha256=00")
+        .body(a.sale("ERAA0009"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    eventually(WAIT, "the kept post", || async {
+        (!app.store.rejected_after(0, 10).await.unwrap().is_empty()).then_some(())
+    })
+    .await;
+    // The CLI, while other buyers' sales keep arriving.
+    let cfg = app.dir.path().join("erase.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"{}\"\n[privacy]\ndata_key_file = \"{}\"\n\
+             [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
+             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            app.settings.database.url.expose(),
+            crate::cli::key_file(&app).display(),
+            target.url()
+        ),
+    )
+    .unwrap();
+    let others: Vec<Buyer> = (0..30).map(|_| Buyer::new()).collect();
+    let load = async {
+        for (i, o) in others.iter().enumerate() {
+            let r = app
+                .post_ins(envelope(KEY, &o.sale(&format!("LOAD{i:04}"))))
+                .await;
+            assert_eq!(r.0, 200);
+        }
+    };
+    let cli = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        let email = a.email.to_uppercase();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kaching"))
+                .args([
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "erase",
+                    "--email",
+                    &email,
+                ])
+                .output()
+                .unwrap()
+        }
+    });
+    let (out, ()) = tokio::join!(cli, load);
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("erased the personal data of 2 notifications and 1 kept rejected posts"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "webhook `crm` to http://{}",
+            target.url().split('/').nth(2).unwrap()
+        )),
+        "{stdout}"
+    );
+    assert!(!sealed(&app, "ERAA0001").await && !sealed(&app, "ERAA0002").await);
+    assert!(sealed(&app, "ERAB0001").await, "another buyer's data stays");
+    for i in 0..others.len() {
+        assert!(
+            sealed(&app, &format!("LOAD{i:04}")).await,
+            "LOAD{i:04} stays sealed"
+        );
+    }
+    assert!(app.store.rejected_after(0, 10).await.unwrap().is_empty());
+    // The sale itself is still there, with its money.
+    let row = app
+        .rows()
+        .await
+        .into_iter()
+        .find(|n| n.notification.receipt.as_str() == "ERAA0001")
+        .unwrap();
+    assert_eq!(
+        row.notification.total_account_amount.unwrap().to_string(),
+        "37.00"
+    );
+    // ClickBank's late retry: a duplicate, and the data stays erased.
+    let retry = a
+        .sale("ERAA0001")
+        .replace("\"attemptCount\":1", "\"attemptCount\":2");
+    assert_eq!(app.post_ins(envelope(KEY, &retry)).await.0, 200);
+    assert!(!sealed(&app, "ERAA0001").await);
+    let erasures = app.store.erasures().await.unwrap();
+    assert_eq!(
+        erasures
+            .iter()
+            .map(|e| (e.1.as_str(), e.2, e.3))
+            .collect::<Vec<_>>(),
+        [("request", 2, 1)]
+    );
+    app.stop().await;
+}
+
+async fn rewrap_under_load_leaves_no_row_under_the_old_key(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend, |_| {}).await else {
+        return;
+    };
+    for i in 0..40 {
+        let r = app
+            .post_ins(envelope(KEY, &Buyer::new().sale(&format!("OLD{i:05}"))))
+            .await;
+        assert_eq!(r.0, 200);
+    }
+    let app = app.stop().await;
+    let key_file = crate::cli::key_file(&app);
+    let old = std::fs::read_to_string(&key_file).unwrap();
+    let new = kaching::privacy::generate();
+    std::fs::write(&key_file, &new).unwrap();
+    let mut settings = app.settings;
+    settings.privacy.previous_data_keys = vec![SecretString::from(old.clone())];
+    let app = TestApp::start(settings, app.dir, app.pg).await;
+    let keys = kaching::privacy::DataKeys::new(&new, &[&old]).unwrap();
+    let load = async {
+        for i in 0..40 {
+            let r = app
+                .post_ins(envelope(KEY, &Buyer::new().sale(&format!("NEW{i:05}"))))
+                .await;
+            assert_eq!(r.0, 200);
+        }
+    };
+    let (rewrapped, ()) = tokio::join!(kaching::privacy::erase::rewrap(&app.store, &keys, 7), load);
+    let (done, failed) = rewrapped.unwrap();
+    assert_eq!((done, failed), (40, 0));
+    assert!(app
+        .store
+        .sealed_not_under(keys.current_id(), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Every row opens under the new key alone, and none was lost.
+    let only_new = kaching::privacy::DataKeys::new(&new, &[]).unwrap();
+    let rows = app.rows().await;
+    assert_eq!(rows.len(), 80);
+    for n in &rows {
+        kaching::privacy::open_customer(&only_new, n, n.personal.as_deref().unwrap()).unwrap();
+    }
+    app.stop().await;
+}
+
+async fn retention_purges_exactly_the_rows_past_their_age(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend, |s: &mut Settings| {
+        s.accounts[0].hmac_header = "X-Signature".into();
+    })
+    .await
+    else {
+        return;
+    };
+    for i in 0..3 {
+        assert_eq!(
+            app.post_ins(envelope(KEY, &Buyer::new().sale(&format!("AGED{i:04}"))))
+                .await
+                .0,
+            200
+        );
+    }
+    let forged = |receipt: &str| {
+        app.client
+            .post(format!("{}/ins", app.base))
+            .header("X-Signature", "sha256=00")
+            .body(Buyer::new().sale(receipt))
+            .send()
+    };
+    assert_eq!(forged("AGEDREJ1").await.unwrap().status(), 403);
+    eventually(WAIT, "the kept post", || async {
+        (app.store.rejected_after(0, 10).await.unwrap().len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..2 {
+        assert_eq!(
+            app.post_ins(envelope(KEY, &Buyer::new().sale(&format!("YOUNG{i:03}"))))
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(forged("YOUNGREJ").await.unwrap().status(), 403);
+    eventually(WAIT, "the second kept post", || async {
+        (app.store.rejected_after(0, 10).await.unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let (n, r) = app
+        .store
+        .purge_before(Some(cut), cut, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!((n, r), (3, 1));
+    for i in 0..3 {
+        assert!(!sealed(&app, &format!("AGED{i:04}")).await);
+    }
+    for i in 0..2 {
+        assert!(sealed(&app, &format!("YOUNG{i:03}")).await);
+    }
+    assert_eq!(app.store.rejected_after(0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        app.rows().await.len(),
+        5,
+        "the notifications themselves stay"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
     no_buyer_data_reaches_the_database_and_actions_still_get_it,
     a_wrong_key_is_refused_and_a_rotated_one_still_opens_old_rows,
+    erasing_a_buyer_under_load_keeps_the_sale_and_a_retry_does_not_restore_them,
+    rewrap_under_load_leaves_no_row_under_the_old_key,
+    retention_purges_exactly_the_rows_past_their_age,
 );
