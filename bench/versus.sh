@@ -41,6 +41,9 @@
 #   ALERTS=1               another daemon of this build with the shipped [[alerts]]
 #                          rules (one of each kind, to the log action), plain HTTP,
 #                          as "kaching+alerts": what evaluating alerts costs ingestion
+#   PLAIN=1                another daemon of this build with privacy.encrypt = false
+#                          (customer data stored in clear), plain HTTP, as
+#                          "kaching-clear": what sealing customer data costs
 #   PERF=1                 record a perf profile of the kaching daemon during its
 #                          first closed-loop run per backend (perf.data in the work dir)
 set -euo pipefail
@@ -68,6 +71,7 @@ PERF=${PERF:-0}
 LIVE=${LIVE:-0}
 BEFORE=${BEFORE:-}
 ALERTS=${ALERTS:-0}
+PLAIN=${PLAIN:-0}
 KEY=VERSUSBENCHKEY01
 TICK=$(getconf CLK_TCK)
 
@@ -159,6 +163,11 @@ name = "bench"
 secret_key = "$KEY"
 EOF
     [ "$ACTIONS" != log ] || printf '[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
+    # An earlier build (BEFORE) may not know [privacy]; this one keeps its key beside its database.
+    if [ "$variant" != before ]; then
+        printf '[privacy]\nencrypt = %s\ndata_key_file = "%s/kaching.key"\n' \
+            "$([ "$variant" = clear ] && echo false || echo true)" "$dir" >>"$dir/kaching.toml"
+    fi
     if [ "$variant" = alerts ]; then
         [ "$ACTIONS" = log ] || printf '[[actions]]\nname = "log"\nkind = "log"\n' >>"$dir/kaching.toml"
         for rule in refunds:refund_spike chargebacks:chargeback no-sales:silence \
@@ -301,13 +310,13 @@ for backend in $BACKENDS; do
     if [ "$backend" = postgres ]; then conns=$PG_CONNECTIONS; else conns=$SQLITE_CONNECTIONS; fi
     # By variant: a TLS mode of this build, or "before" (the BEFORE binary, plain HTTP).
     declare -A KP=() KU=() KD=() KA=() KL=() KT=()
-    for tls in $TLS_MODES ${BEFORE:+before} $([ "$ALERTS" != 1 ] || echo alerts); do
+    for tls in $TLS_MODES ${BEFORE:+before} $([ "$ALERTS" != 1 ] || echo alerts) $([ "$PLAIN" != 1 ] || echo clear); do
         d=$(mktemp -d "$WORK/$backend-kaching-$tls.XXXX")
         if [ "$tls" = before ]; then
             start_kaching "$d" "$backend" off before "$BEFORE"
             KT[$tls]=off
-        elif [ "$tls" = alerts ]; then
-            start_kaching "$d" "$backend" off alerts
+        elif [ "$tls" = alerts ] || [ "$tls" = clear ]; then
+            start_kaching "$d" "$backend" off "$tls"
             KT[$tls]=off
         else
             start_kaching "$d" "$backend" "$tls"
@@ -324,6 +333,7 @@ for backend in $BACKENDS; do
                 tls=${KT[$v]} whos=$KACHINGS
                 [ "$v" != before ] || whos=before
                 [ "$v" != alerts ] || whos=kaching+alerts
+                [ "$v" != clear ] || whos=kaching-clear
                 engine=(--engine hyper)
                 [ "$tls" = off ] || engine=(--engine reqwest)
                 for who in $whos; do
@@ -342,6 +352,7 @@ for backend in $BACKENDS; do
                 tls=${KT[$v]} whos=$KACHINGS
                 [ "$v" != before ] || whos=before
                 [ "$v" != alerts ] || whos=kaching+alerts
+                [ "$v" != clear ] || whos=kaching-clear
                 for who in $whos; do
                     LIVE_URL=${KA[$v]}
                     run "$who" "$backend" "r=$RATE tls=$tls" "${KP[$v]}" "${KU[$v]}" "${KD[$v]}" "$tls" --rate "$RATE"

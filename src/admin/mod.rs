@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 mod csv;
+mod customers;
 mod live;
 pub mod pages;
 mod params;
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(api::routes())
         .merge(pages::routes())
+        .merge(customers::routes())
         .route("/events", get(live::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()

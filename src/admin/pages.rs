@@ -26,8 +26,9 @@ use crate::store::{NewRun, RunStatus};
 /// The templates, parsed once at startup.
 pub struct Templates(Environment<'static>);
 
-const TEMPLATES: [(&str, &str); 12] = [
+const TEMPLATES: [(&str, &str); 13] = [
     ("alerts.html", include_str!("templates/alerts.html")),
+    ("customers.html", include_str!("templates/customers.html")),
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
     ("error.html", include_str!("templates/error.html")),
@@ -64,7 +65,7 @@ impl Templates {
         Ok(Templates(env))
     }
 
-    fn render(&self, name: &str, ctx: Value) -> Response {
+    pub(super) fn render(&self, name: &str, ctx: Value) -> Response {
         match self.0.get_template(name).and_then(|t| t.render(ctx)) {
             Ok(html) => Html(html).into_response(),
             Err(e) => {
@@ -109,12 +110,17 @@ pub fn routes() -> Router<Arc<AdminState>> {
 }
 
 /// What every page's frame needs: navigation, the scope form, the CSRF token.
-async fn frame(state: &AdminState, viewer: &Viewer, page: &str, p: &ViewParams) -> Value {
+pub(super) async fn frame(
+    state: &AdminState,
+    viewer: &Viewer,
+    page: &str,
+    p: &ViewParams,
+) -> Value {
     let accounts = api::accounts(state).await.unwrap_or_default();
     let behind = state.reports.behind();
     context! {
         page,
-        scoped => !matches!(page, "actions" | "rejected" | "alerts"),
+        scoped => !matches!(page, "actions" | "rejected" | "alerts" | "customers"),
         accounts,
         account => p.scope.account.clone().unwrap_or_default(),
         range => p.scope.range.clone().unwrap_or_default(),
@@ -127,7 +133,7 @@ async fn frame(state: &AdminState, viewer: &Viewer, page: &str, p: &ViewParams) 
     }
 }
 
-fn error_page(state: &AdminState, e: ViewError) -> Response {
+pub(super) fn error_page(state: &AdminState, e: ViewError) -> Response {
     let status = e.status();
     let mut r = state.templates.render(
         "error.html",
@@ -524,7 +530,7 @@ async fn retry(
 }
 
 /// The 403 for a form whose CSRF token is not the viewer's; `None` when it is.
-fn csrf_refusal(state: &AdminState, viewer: &Viewer, given: &str) -> Option<Response> {
+pub(super) fn csrf_refusal(state: &AdminState, viewer: &Viewer, given: &str) -> Option<Response> {
     let ok = viewer.person
         && match &viewer.session {
             Some(s) => state.auth.csrf_ok(s, given),

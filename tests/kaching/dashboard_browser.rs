@@ -301,6 +301,7 @@ async fn every_page_renders_the_demo_history_without_console_errors() {
             "#notifications tbody tr td a",
         ),
         ("rejected", "/rejected", "#rejected"),
+        ("customers", "/customers", "#email"),
         (
             "alerts",
             "/alerts",

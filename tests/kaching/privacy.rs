@@ -480,3 +480,91 @@ on_both_backends!(
     rewrap_under_load_leaves_no_row_under_the_old_key,
     retention_purges_exactly_the_rows_past_their_age,
 );
+
+/// The dashboard's Customers page: found by email, erased only with the box ticked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customers_page_finds_a_buyer_and_erases_behind_a_confirmation() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite, |_| {}).await else {
+        return;
+    };
+    let buyer = Buyer::new();
+    assert_eq!(
+        app.post_ins(envelope(KEY, &buyer.sale("PAGE0001"))).await.0,
+        200
+    );
+    let admin = app.admin().to_owned();
+    let html = app
+        .client
+        .get(format!("{admin}/customers"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    let csrf = html[at..at + html[at..].find('"').unwrap()].to_owned();
+    let post = |path: &str, form: Vec<(&str, String)>| {
+        app.client
+            .post(format!("{admin}{path}"))
+            .header("origin", admin.clone())
+            .form(&form)
+            .send()
+    };
+    let email = buyer.email.to_uppercase();
+    let found = post(
+        "/customers",
+        vec![("csrf", csrf.clone()), ("email", email.clone())],
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        found.contains("PAGE0001") && found.contains("id=\"erase\""),
+        "{found}"
+    );
+    // Without the confirmation: nothing happens.
+    let unconfirmed = post(
+        "/customers/erase",
+        vec![("csrf", csrf.clone()), ("email", email.clone())],
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        unconfirmed.contains("Tick the confirmation"),
+        "{unconfirmed}"
+    );
+    assert!(sealed(&app, "PAGE0001").await);
+    let erased = post(
+        "/customers/erase",
+        vec![
+            ("csrf", csrf.clone()),
+            ("email", email.clone()),
+            ("confirm", "yes".into()),
+        ],
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        erased.contains("Erased the personal data of 1 notifications"),
+        "{erased}"
+    );
+    assert!(!sealed(&app, "PAGE0001").await);
+    // A forged post (no CSRF token) is refused.
+    let r = post(
+        "/customers/erase",
+        vec![("email", email), ("confirm", "yes".into())],
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    app.stop().await;
+}
