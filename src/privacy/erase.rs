@@ -75,12 +75,14 @@ pub async fn erase(
     })
 }
 
-/// Re-seals every row not under the current key, in batches of `batch`
-/// (while the daemon runs: each batch is its own transaction); returns the
-/// rows rewritten. A row that does not open is left as it is and counted
-/// in the second number.
+/// Re-seals every row not under the current key, and seals the rows stored
+/// with their customer data in clear (before sealing existed, or with
+/// `privacy.encrypt = false`), in batches of `batch` (while the daemon
+/// runs: each batch is its own transaction); returns the rows rewritten. A
+/// row that does not open is left as it is and counted in the second number.
 pub async fn rewrap(store: &Store, keys: &DataKeys, batch: i64) -> Result<(u64, u64), StoreError> {
-    let (mut done, mut failed, mut after) = (0, 0, 0);
+    let (mut done, mut failed) = (seal_clear(store, keys, batch).await?, 0);
+    let mut after = 0;
     loop {
         let rows = store
             .sealed_not_under(keys.current_id(), after, batch)
@@ -119,6 +121,42 @@ pub async fn rewrap(store: &Store, keys: &DataKeys, batch: i64) -> Result<(u64, 
         store.rewrap(&out).await?;
     }
     Ok((done, failed))
+}
+
+/// Seals the customer data of rows that hold it in clear.
+async fn seal_clear(store: &Store, keys: &DataKeys, batch: i64) -> Result<u64, StoreError> {
+    let (mut done, mut after) = (0, 0);
+    loop {
+        let rows = store.clear_customer_rows(after, batch).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id;
+        let mut out = Vec::new();
+        for r in rows {
+            let Ok(form) = crate::ins::BodyForm::parse(&r.form) else {
+                continue;
+            };
+            let cut = super::split(&r.payload, form);
+            let Some(personal) = cut.personal else {
+                continue;
+            };
+            let aad = row_aad(
+                &r.account,
+                &r.role,
+                &r.receipt,
+                &r.transaction_type,
+                r.transaction_time,
+            );
+            out.push((
+                r.id,
+                cut.clear,
+                keys.seal(&aad, personal.as_bytes()),
+                cut.email.map(|e| keys.email_index(&e)),
+            ));
+        }
+        done += out.len() as u64;
+        store.seal_rows(&out).await?;
+    }
+    Ok(done)
 }
 
 /// How often retention runs.

@@ -38,7 +38,7 @@ pub use self::alerts::{
     RejectedSeen, SchemaPath,
 };
 pub use self::postgres::PgStore;
-pub use self::privacy::{CustomerRow, SealedRow};
+pub use self::privacy::{ClearRow, CustomerRow, SealedRow};
 pub use self::report::{
     CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
     SaleFacts, SubscriptionChange, SumQuery, SumRow,

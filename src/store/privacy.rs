@@ -28,6 +28,19 @@ pub struct SealedRow {
     pub customer_sealed: String,
 }
 
+/// A row stored before its customer data was sealed.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ClearRow {
+    pub id: i64,
+    pub account: String,
+    pub role: String,
+    pub receipt: String,
+    pub transaction_type: String,
+    pub transaction_time: DateTime<Utc>,
+    pub form: String,
+    pub payload: String,
+}
+
 /// `$1`: a JSON array of blind indexes.
 fn index_in(store: &Store) -> &'static str {
     match store {
@@ -158,6 +171,47 @@ impl Store {
                      WHERE id = $1 AND customer_sealed IS NOT NULL",
                 )
                 .bind(id)
+                .bind(sealed)
+                .bind(index.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Up to `limit` rows that may hold customer data in clear (stored
+    /// before sealing, or with `privacy.encrypt = false`), not erased.
+    pub async fn clear_customer_rows(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClearRow>, StoreError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT id, account, role, receipt, transaction_type, transaction_time, form, payload \
+             FROM notifications WHERE id > $1 AND customer_sealed IS NULL AND erased_at IS NULL \
+             AND (payload LIKE '%\"customer\"%' OR payload LIKE '%\"ccust%') ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Replaces rows' clear payload with the cut one and its sealed part:
+    /// (id, payload, sealed, index); a row sealed or erased meanwhile is left.
+    pub async fn seal_rows(
+        &self,
+        rows: &[(i64, String, String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        relaxed_tx!(self, tx => {
+            for (id, payload, sealed, index) in rows {
+                sqlx::query(
+                    "UPDATE notifications SET payload = $2, customer_sealed = $3, customer_index = $4 \
+                     WHERE id = $1 AND customer_sealed IS NULL AND erased_at IS NULL",
+                )
+                .bind(id)
+                .bind(payload)
                 .bind(sealed)
                 .bind(index.as_deref())
                 .execute(&mut *tx)

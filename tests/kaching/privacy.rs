@@ -568,3 +568,55 @@ async fn the_customers_page_finds_a_buyer_and_erases_behind_a_confirmation() {
     assert!(r.status().is_client_error(), "{}", r.status());
     app.stop().await;
 }
+
+/// Rows stored in clear (before sealing existed, or with encryption off)
+/// are sealed by `keys rewrap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_seals_rows_stored_in_clear() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite, |s: &mut Settings| {
+        s.privacy.encrypt = false
+    })
+    .await
+    else {
+        return;
+    };
+    let buyers: Vec<Buyer> = (0..3).map(|_| Buyer::new()).collect();
+    for (i, b) in buyers.iter().enumerate() {
+        assert_eq!(
+            app.post_ins(envelope(KEY, &b.sale(&format!("CLR{i:05}"))))
+                .await
+                .0,
+            200
+        );
+    }
+    assert!(app.rows().await.iter().all(|n| n.personal.is_none()));
+    let app = app.stop().await;
+    let mut settings = app.settings;
+    settings.privacy.encrypt = true;
+    let app = TestApp::start(settings, app.dir, app.pg).await;
+    let keys = app.settings.privacy.data_key_file.clone().unwrap();
+    let keys =
+        kaching::privacy::DataKeys::new(&std::fs::read_to_string(keys).unwrap(), &[]).unwrap();
+    let (done, failed) = kaching::privacy::erase::rewrap(&app.store, &keys, 2)
+        .await
+        .unwrap();
+    assert_eq!((done, failed), (3, 0));
+    for n in app.rows().await {
+        assert!(
+            !n.notification.payload.contains("@dom"),
+            "{}",
+            n.notification.payload
+        );
+        let opened =
+            kaching::privacy::open_customer(&keys, &n, n.personal.as_deref().unwrap()).unwrap();
+        assert!(buyers.iter().any(|b| opened.contains(&b.email)));
+    }
+    // Found by email afterwards.
+    let found = app
+        .store
+        .customers_find(&keys.email_indexes(&buyers[1].email))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    app.stop().await;
+}
