@@ -180,10 +180,16 @@ fn new_key_file(path: &std::path::Path) -> Result<String, ConfigError> {
         return std::fs::read_to_string(path).map_err(fail);
     }
     let _ = std::fs::remove_file(&tmp);
-    tracing::warn!(
-        file = %path.display(),
-        "privacy: generated a new data key for the customer data; keep a copy apart from the database (without it the customer data cannot be read), and in production keep the key off the database's disk"
-    );
+    const ADVICE: &str = "keep a copy apart from the database (without it the customer data cannot be read), and in production keep the key off the database's disk";
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!(file = %path.display(), "privacy: generated a new data key for the customer data; {ADVICE}");
+    } else {
+        // A command without logging (`kaching demo`): said on the terminal.
+        eprintln!(
+            "kaching: generated a new data key for the customer data in {}; {ADVICE}",
+            path.display()
+        );
+    }
     Ok(key)
 }
 
