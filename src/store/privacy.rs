@@ -41,6 +41,10 @@ pub struct ClearRow {
     pub payload: String,
 }
 
+/// One erasure: when, why (request, retention), how many rows of each.
+const RECORD_ERASURE: &str =
+    "INSERT INTO erasures (erased_at, reason, notifications, rejected) VALUES ($1, $2, $3, $4)";
+
 /// `$1`: a JSON array of blind indexes.
 fn index_in(store: &Store) -> &'static str {
     match store {
@@ -89,9 +93,7 @@ impl Store {
                     .await?
                     .rows_affected();
             }
-            sqlx::query(
-                "INSERT INTO erasures (erased_at, reason, notifications, rejected) VALUES ($1, $2, $3, $4)",
-            )
+            sqlx::query(RECORD_ERASURE)
             .bind(now)
             .bind(reason)
             .bind(n as i64)
@@ -129,10 +131,9 @@ impl Store {
                 .await?
                 .rows_affected();
             if n + r > 0 {
-                sqlx::query(
-                    "INSERT INTO erasures (erased_at, reason, notifications, rejected) VALUES ($1, 'retention', $2, $3)",
-                )
+                sqlx::query(RECORD_ERASURE)
                 .bind(now)
+                .bind("retention")
                 .bind(n as i64)
                 .bind(r as i64)
                 .execute(&mut *tx)
