@@ -439,7 +439,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .account_keys()
                         .map(|k| k.name.as_str().to_owned())
                         .collect();
-                    for rule in runtime.alerts.iter().filter(|r| r.kind.timed(r)) {
+                    for rule in runtime.alerts.iter().filter(|r| r.timed()) {
                         let since = seen.get(&*rule.name).copied().unwrap_or(now);
                         let verdicts =
                             crate::alerts::evaluate(&store, rule, &accounts, since, now).await?;

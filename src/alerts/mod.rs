@@ -88,15 +88,6 @@ impl Kind {
             Kind::DeadLetter => &[],
         }
     }
-
-    /// Evaluated on the timer (the others on commit, by the projector).
-    pub fn timed(self, rule: &Rule) -> bool {
-        match self {
-            Kind::Chargeback => rule.rate_above.is_some(),
-            Kind::SchemaDrift => false,
-            Kind::RefundSpike | Kind::Silence | Kind::RejectedSurge | Kind::DeadLetter => true,
-        }
-    }
 }
 
 /// One configured rule, with every default filled in.
@@ -122,6 +113,15 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Evaluated on the timer (the others on commit, by the projector).
+    pub fn timed(&self) -> bool {
+        match self.kind {
+            Kind::Chargeback => self.rate_above.is_some(),
+            Kind::SchemaDrift => false,
+            Kind::RefundSpike | Kind::Silence | Kind::RejectedSurge | Kind::DeadLetter => true,
+        }
+    }
+
     pub fn watches(&self, account: &str) -> bool {
         self.accounts.is_empty() || self.accounts.iter().any(|a| a == account)
     }
@@ -377,7 +377,7 @@ pub fn spawn(store: Store, live: Live, token: CancellationToken) -> tokio::task:
                 .account_keys()
                 .map(|k| k.name.as_str().to_owned())
                 .collect();
-            for rule in rules.iter().filter(|r| r.kind.timed(r)) {
+            for rule in rules.iter().filter(|r| r.timed()) {
                 if last
                     .get(&rule.name)
                     .is_some_and(|t| t.elapsed() < rule.every)

@@ -73,11 +73,8 @@ pub async fn observe(
     {
         state.rules_seen = Some((Instant::now(), store.alert_rules_seen().await?));
     }
-    let first_seen = state
-        .rules_seen
-        .as_ref()
-        .map(|(_, m)| m.clone())
-        .unwrap_or_default();
+    let no_rules = HashMap::new();
+    let first_seen = state.rules_seen.as_ref().map_or(&no_rules, |(_, m)| m);
     // A rule the engine has not recorded yet fires nothing.
     let fresh = |rule: &Rule, n: &StoredNotification| {
         first_seen.get(&*rule.name).is_some_and(|t| {

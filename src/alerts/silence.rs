@@ -139,7 +139,7 @@ pub async fn evaluate(
         .format("%Y-%m-%dT%H")
         .to_string();
     let hours = store.hours(account, &since).await?;
-    let (last_sale, _) = store.last_activity(account).await?;
+    let last_sale = store.last_sale(account).await?;
     Ok(assess(&hours, last_sale, now).and_then(|a| verdict(rule, account, &a, now)))
 }
 

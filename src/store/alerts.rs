@@ -404,13 +404,10 @@ impl Store {
         .await?))
     }
 
-    /// The account's latest sale and latest notification of any kind, ever.
-    pub async fn last_activity(
-        &self,
-        account: &str,
-    ) -> Result<(Option<DateTime<Utc>>, Option<String>), StoreError> {
-        on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT MAX(last_sale_at), MAX(hour) FROM report_hourly WHERE account = $1",
+    /// The account's latest sale, ever.
+    pub async fn last_sale(&self, account: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar(
+            "SELECT MAX(last_sale_at) FROM report_hourly WHERE account = $1",
         )
         .bind(account)
         .fetch_one(pool)

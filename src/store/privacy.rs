@@ -1,6 +1,7 @@
 //! What erasure, retention and key rotation do to the stored customer data
-//! (see `crate::privacy`): the financial and product columns and the dedup
-//! key stay, so a late ClickBank retry stays a duplicate and brings nothing back.
+//! (see `crate::privacy`), and the ids of the data keys that sealed it: the
+//! financial and product columns and the dedup key stay, so a late
+//! ClickBank retry stays a duplicate and brings nothing back.
 
 use chrono::{DateTime, Utc};
 
@@ -41,6 +42,9 @@ pub struct ClearRow {
     pub payload: String,
 }
 
+/// What erasing a notification's personal data sets (`$2`: when).
+const ERASE: &str = "customer_sealed = NULL, customer_index = NULL, erased_at = $2";
+
 /// One erasure: when, why (request, retention), how many rows of each.
 const RECORD_ERASURE: &str =
     "INSERT INTO erasures (erased_at, reason, notifications, rejected) VALUES ($1, $2, $3, $4)";
@@ -77,11 +81,7 @@ impl Store {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(u64, u64), StoreError> {
-        let sql = format!(
-            "UPDATE notifications SET customer_sealed = NULL, customer_index = NULL, erased_at = $2 \
-             WHERE {}",
-            index_in(self)
-        );
+        let sql = format!("UPDATE notifications SET {ERASE} WHERE {}", index_in(self));
         let list = serde_json::to_string(indexes).unwrap_or_else(|_| "[]".into());
         Ok(relaxed_tx!(self, tx => {
             let n = sqlx::query(&sql).bind(list).bind(now).execute(&mut *tx).await?.rows_affected();
@@ -114,10 +114,9 @@ impl Store {
     ) -> Result<(u64, u64), StoreError> {
         Ok(relaxed_tx!(self, tx => {
             let n = match before {
-                Some(b) => sqlx::query(
-                    "UPDATE notifications SET customer_sealed = NULL, customer_index = NULL, erased_at = $2 \
-                     WHERE received_at < $1 AND customer_sealed IS NOT NULL",
-                )
+                Some(b) => sqlx::query(&format!(
+                    "UPDATE notifications SET {ERASE} WHERE received_at < $1 AND customer_sealed IS NOT NULL"
+                ))
                 .bind(b)
                 .bind(now)
                 .execute(&mut *tx)
@@ -229,5 +228,38 @@ impl Store {
         )
         .fetch_all(pool)
         .await?))
+    }
+}
+
+impl Store {
+    /// The ids of the data keys that have sealed rows here.
+    pub async fn data_key_ids(&self) -> Result<Vec<String>, StoreError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT id FROM privacy_keys ORDER BY first_used")
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Records that the key `id` seals rows from now on.
+    pub async fn record_data_key(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        const INSERT: &str =
+            "INSERT INTO privacy_keys (id, first_used) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+        match self {
+            Store::Postgres(s) => {
+                sqlx::query(INSERT)
+                    .bind(id)
+                    .bind(now)
+                    .execute(s.pool())
+                    .await?;
+            }
+            Store::Sqlite(s) => {
+                let _write = s.write_lock().await;
+                sqlx::query(INSERT)
+                    .bind(id)
+                    .bind(now)
+                    .execute(s.pool())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }

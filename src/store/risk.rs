@@ -1,6 +1,5 @@
-//! What the refund-risk model reads and keeps (matured sales, when each
-//! receipt was refunded, the fitted models), and the ids of the data keys
-//! that sealed customer data (`crate::privacy`).
+//! What the refund-risk model reads and keeps: matured sales, when each
+//! receipt was refunded, and the fitted models.
 
 use std::collections::HashMap;
 
@@ -99,38 +98,5 @@ impl Store {
         )
         .fetch_optional(pool)
         .await?))
-    }
-}
-
-impl Store {
-    /// The ids of the data keys that have sealed rows here.
-    pub async fn data_key_ids(&self) -> Result<Vec<String>, StoreError> {
-        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT id FROM privacy_keys ORDER BY first_used")
-            .fetch_all(pool)
-            .await?))
-    }
-
-    /// Records that the key `id` seals rows from now on.
-    pub async fn record_data_key(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        const INSERT: &str =
-            "INSERT INTO privacy_keys (id, first_used) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
-        match self {
-            Store::Postgres(s) => {
-                sqlx::query(INSERT)
-                    .bind(id)
-                    .bind(now)
-                    .execute(s.pool())
-                    .await?;
-            }
-            Store::Sqlite(s) => {
-                let _write = s.write_lock().await;
-                sqlx::query(INSERT)
-                    .bind(id)
-                    .bind(now)
-                    .execute(s.pool())
-                    .await?;
-            }
-        }
-        Ok(())
     }
 }
