@@ -330,11 +330,12 @@ impl Admin {
 const MIN_ADMIN_TOKEN: usize = 16;
 
 /// A secret from the environment variable `env` or the file `file` (at
-/// most one of them; `keys` names them in errors).
-fn secret_from(
+/// most one of them; `keys` names them in errors; a file's surrounding
+/// white space is trimmed).
+pub(crate) fn secret_from(
     env: &Option<String>,
     file: &Option<PathBuf>,
-    keys: (&'static str, &'static str),
+    keys: (&str, &str),
 ) -> Result<Option<String>, ConfigError> {
     match (env, file) {
         (None, None) => Ok(None),
@@ -488,7 +489,7 @@ impl Default for LogSettings {
 
 /// One `[[actions]]` block: the common keys, then each kind's own keys
 /// (checked against `kind` by [`crate::actions::Actions::from_settings`]).
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActionSettings {
     pub name: String,
@@ -499,12 +500,43 @@ pub struct ActionSettings {
     pub retry: RetrySettings,
     pub timeout_ms: u64,
     pub concurrency: u32,
-    // kind = "webhook"
+    /// `webhook` and `http`: may reach loopback and private networks.
+    pub allow_private_targets: bool,
+    /// The buyer's personal data in what leaves the machine (default true,
+    /// or the preset's).
+    pub include_customer: Option<bool>,
+    // kind = "webhook" (and `url`, `headers` for "http")
     pub url: Option<String>,
+    /// The URL from an environment variable or a file, when the URL itself
+    /// is the secret (Slack, Discord).
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
     #[serde(serialize_with = "ser_redacted_opt")]
     pub secret: Option<SecretString>,
     pub headers: BTreeMap<String, String>,
-    pub include_customer: bool,
+    // kind = "http"
+    pub preset: Option<String>,
+    pub method: Option<String>,
+    pub query: BTreeMap<String, String>,
+    /// The user's own values for templates (`{{ vars.list_id }}`).
+    pub vars: BTreeMap<String, String>,
+    /// A JSON body: string values are templates, the rest kept as given.
+    pub json: Option<serde_json::Value>,
+    /// A URL-encoded form body, each value a template.
+    pub form: Option<BTreeMap<String, String>>,
+    /// With a raw `body` template.
+    pub content_type: Option<String>,
+    /// A template: the request is sent only when it renders non-empty.
+    pub only_if: Option<String>,
+    /// Header name to environment variable holding its value.
+    pub headers_env: BTreeMap<String, String>,
+    /// Query parameter to environment variable holding its value.
+    pub query_env: BTreeMap<String, String>,
+    pub bearer_env: Option<String>,
+    pub bearer_file: Option<PathBuf>,
+    pub basic_user: Option<String>,
+    pub basic_password_env: Option<String>,
+    pub basic_password_file: Option<PathBuf>,
     // kind = "email"
     pub smtp_url: Option<SecretUrl>,
     pub from: Option<String>,
@@ -519,6 +551,13 @@ pub struct ActionSettings {
     pub working_dir: Option<PathBuf>,
 }
 
+impl ActionSettings {
+    /// `include_customer`, true unless set (or a preset says otherwise).
+    pub fn includes_customer(&self) -> bool {
+        self.include_customer.unwrap_or(true)
+    }
+}
+
 impl Default for ActionSettings {
     fn default() -> Self {
         Self {
@@ -529,10 +568,28 @@ impl Default for ActionSettings {
             retry: RetrySettings::default(),
             timeout_ms: 10_000,
             concurrency: 4,
+            allow_private_targets: false,
+            include_customer: None,
             url: None,
+            url_env: None,
+            url_file: None,
             secret: None,
             headers: BTreeMap::new(),
-            include_customer: true,
+            preset: None,
+            method: None,
+            query: BTreeMap::new(),
+            vars: BTreeMap::new(),
+            json: None,
+            form: None,
+            content_type: None,
+            only_if: None,
+            headers_env: BTreeMap::new(),
+            query_env: BTreeMap::new(),
+            bearer_env: None,
+            bearer_file: None,
+            basic_user: None,
+            basic_password_env: None,
+            basic_password_file: None,
             smtp_url: None,
             from: None,
             to: None,

@@ -68,7 +68,7 @@ impl Email {
             .build();
         let from = mailbox(&required(&s.from, "from")?, key("from"))?;
         let to = match required(&s.to, "to")?.as_str() {
-            "customer" if !s.include_customer => return Err(invalid(
+            "customer" if !s.includes_customer() => return Err(invalid(
                 key("to"),
                 "\"customer\" needs the customer's data: include_customer = false leaves it out",
             )),
@@ -80,8 +80,7 @@ impl Email {
             .as_deref()
             .map(|r| mailbox(r, key("reply_to")))
             .transpose()?;
-        let mut templates = minijinja::Environment::new();
-        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        let mut templates = super::template::environment();
         // Event data (customer names) is HTML-escaped in the HTML body only.
         templates.set_auto_escape_callback(|name| match name {
             "html_body" => minijinja::AutoEscape::Html,
@@ -111,7 +110,7 @@ impl Email {
     fn render(&self, name: &str, event: &Event) -> Result<String, String> {
         self.templates
             .get_template(name)
-            .and_then(|t| t.render(minijinja::Value::from_serialize(event)))
+            .and_then(|t| t.render(super::template::context(event, &Default::default())))
             .map_err(|e| format!("cannot render {name}: {e}"))
     }
 

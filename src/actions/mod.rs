@@ -6,6 +6,9 @@ mod command;
 pub mod dispatcher;
 mod email;
 pub mod event;
+pub mod http;
+mod outbound;
+mod template;
 mod webhook;
 
 use std::str::FromStr;
@@ -55,6 +58,7 @@ impl Outcome {
 #[derive(Debug)]
 enum Kind {
     Webhook(webhook::Webhook),
+    Http(Box<http::Http>),
     Email(Box<email::Email>),
     Command(command::Command),
     Log,
@@ -193,6 +197,7 @@ impl Action {
     pub async fn execute(&self, event: &Event) -> Outcome {
         match &self.kind {
             Kind::Webhook(w) => w.send(event).await,
+            Kind::Http(h) => h.send(event).await,
             Kind::Email(e) => e.send(event).await,
             Kind::Command(c) => c.run(event, self.timeout).await,
             Kind::Log => {
@@ -254,6 +259,9 @@ impl Action {
             Kind::Webhook(w) if self.include_customer => {
                 Some(format!("webhook `{}` to {}", self.name, w.origin()))
             }
+            Kind::Http(h) if self.include_customer => {
+                Some(format!("http `{}` to {}", self.name, h.origin()))
+            }
             Kind::Email(e) if self.include_customer => {
                 Some(format!("email `{}` to {}", self.name, e.recipient()))
             }
@@ -281,22 +289,24 @@ impl Actions {
     /// Validates and builds the actions; errors name the offending key.
     pub fn from_settings(settings: &[ActionSettings]) -> Result<Actions, ConfigError> {
         let mut list = Vec::new();
-        for (i, s) in settings.iter().enumerate() {
+        for (i, given) in settings.iter().enumerate() {
             let key = |k: &str| format!("actions[{i}].{k}");
             check_name(
                 key("name"),
-                &s.name,
+                &given.name,
                 settings[..i].iter().map(|o| o.name.as_str()),
             )?;
+            let s = &http::presets::apply(given, &key)?;
             let kind = match s.kind.as_str() {
                 "webhook" => Kind::Webhook(webhook::Webhook::from_settings(s, &key)?),
+                "http" => Kind::Http(Box::new(http::Http::from_settings(s, &key)?)),
                 "email" => Kind::Email(Box::new(email::Email::from_settings(s, &key)?)),
                 "command" => Kind::Command(command::Command::from_settings(s, &key)?),
                 "log" => Kind::Log,
                 other => {
                     return Err(invalid(
                         key("kind"),
-                        format!("unknown kind `{other}` (webhook, email, command or log)"),
+                        format!("unknown kind `{other}` (webhook, http, email, command or log)"),
                     ))
                 }
             };
@@ -350,7 +360,7 @@ impl Actions {
                 },
                 timeout: Duration::from_millis(s.timeout_ms),
                 concurrency: usize::try_from(s.concurrency).unwrap_or(1),
-                include_customer: s.include_customer,
+                include_customer: s.includes_customer(),
                 filter: Filter {
                     types,
                     roles: s.when.roles.clone(),
@@ -412,15 +422,42 @@ impl Actions {
 
 /// A key of another kind is a mistake worth naming (a `url` on an email).
 fn check_kind_keys(s: &ActionSettings, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    let set: [(&str, bool, &[&str]); 12] = [
-        ("url", s.url.is_some(), &["webhook"]),
+    const HOOK: &[&str] = &["webhook", "http"];
+    const HTTP: &[&str] = &["http"];
+    let map = |m: &std::collections::BTreeMap<String, String>| !m.is_empty();
+    let set: [(&str, bool, &[&str]); 28] = [
+        ("url", s.url.is_some(), HOOK),
+        ("url_env", s.url_env.is_some(), HOOK),
+        ("url_file", s.url_file.is_some(), HOOK),
+        ("allow_private_targets", s.allow_private_targets, HOOK),
         ("secret", s.secret.is_some(), &["webhook"]),
-        ("headers", !s.headers.is_empty(), &["webhook"]),
+        ("headers", map(&s.headers), HOOK),
+        ("preset", s.preset.is_some(), HTTP),
+        ("method", s.method.is_some(), HTTP),
+        ("query", map(&s.query), HTTP),
+        ("vars", map(&s.vars), HTTP),
+        ("json", s.json.is_some(), HTTP),
+        ("form", s.form.is_some(), HTTP),
+        ("content_type", s.content_type.is_some(), HTTP),
+        ("only_if", s.only_if.is_some(), HTTP),
+        ("headers_env", map(&s.headers_env), HTTP),
+        ("query_env", map(&s.query_env), HTTP),
+        (
+            "bearer_env",
+            s.bearer_env.is_some() || s.bearer_file.is_some(),
+            HTTP,
+        ),
+        ("basic_user", s.basic_user.is_some(), HTTP),
+        (
+            "basic_password_env",
+            s.basic_password_env.is_some() || s.basic_password_file.is_some(),
+            HTTP,
+        ),
         ("smtp_url", s.smtp_url.is_some(), &["email"]),
         ("from", s.from.is_some(), &["email"]),
         ("to", s.to.is_some(), &["email"]),
         ("subject", s.subject.is_some(), &["email"]),
-        ("body", s.body.is_some(), &["email"]),
+        ("body", s.body.is_some(), &["email", "http"]),
         ("html_body", s.html_body.is_some(), &["email"]),
         ("reply_to", s.reply_to.is_some(), &["email"]),
         ("program", s.program.is_some(), &["command"]),

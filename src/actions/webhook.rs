@@ -2,23 +2,20 @@
 //! Webhooks spec when a `secret` is set. 2xx is done; 408, 429, 5xx,
 //! timeouts and connection errors are retried (honouring `Retry-After`);
 //! any other status fails at once. Redirects are followed only to the same
-//! scheme, host and port.
+//! scheme, host and port, and only public addresses are reached unless
+//! `allow_private_targets` (see [`super::outbound`]).
 
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 
-use super::{Event, Outcome};
+use super::{outbound, Event, Outcome};
 use crate::config::{invalid, ActionSettings, ConfigError};
-
-/// Redirects followed at most, and only within one origin.
-const MAX_REDIRECTS: usize = 5;
 
 pub struct Webhook {
     url: reqwest::Url,
@@ -26,6 +23,7 @@ pub struct Webhook {
     /// The decoded `whsec_` key.
     key: Option<SecretBox<Vec<u8>>>,
     headers: HeaderMap,
+    allow_private: bool,
 }
 
 impl Webhook {
@@ -90,27 +88,14 @@ impl Webhook {
             })?;
             headers.insert(n, v);
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(s.timeout_ms))
-            .user_agent(concat!("kaching/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let same_origin = attempt
-                    .previous()
-                    .first()
-                    .is_some_and(|first| first.origin() == attempt.url().origin());
-                if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
-                    attempt.follow()
-                } else {
-                    attempt.stop()
-                }
-            }))
-            .build()
+        let client = outbound::client(Duration::from_millis(s.timeout_ms), s.allow_private_targets)
             .map_err(|e| invalid(key("url"), format!("cannot build an HTTP client: {e}")))?;
         Ok(Webhook {
             url,
             client,
             key: signing_key,
             headers,
+            allow_private: s.allow_private_targets,
         })
     }
 
@@ -123,6 +108,9 @@ impl Webhook {
                 }
             }
         };
+        if let Some(error) = outbound::refuse_literal(&self.url, self.allow_private) {
+            return Outcome::Failed { error };
+        }
         let timestamp = chrono::Utc::now().timestamp().to_string();
         let mut request = self
             .client
@@ -137,25 +125,9 @@ impl Webhook {
                 sign(key.expose_secret(), event.id(), &timestamp, &body),
             );
         }
-        let response = match request.body(body).send().await {
-            Ok(r) => r,
-            Err(e) => return Outcome::retry(format!("cannot deliver: {}", describe(e))),
-        };
-        let status = response.status();
-        if status.is_success() {
-            return Outcome::Done;
-        }
-        let error = format!("the target answered {status}");
-        if status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-        {
-            Outcome::Retry {
-                error,
-                after: retry_after(response.headers()),
-            }
-        } else {
-            Outcome::Failed { error }
+        match request.body(body).send().await {
+            Ok(response) => outbound::outcome(response).await,
+            Err(e) => outbound::transport(e),
         }
     }
 }
@@ -173,45 +145,4 @@ fn sign(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// Seconds, or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
-}
-
-/// A transport error without the URL's query (it may hold a token).
-fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        e.without_url().to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_static("120"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
-        let later = (chrono::Utc::now() + chrono::Duration::seconds(300)).to_rfc2822();
-        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-        let d = retry_after(&h).unwrap().as_secs();
-        assert!((295..=300).contains(&d), "{d}");
-        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
-    }
 }

@@ -21,6 +21,8 @@ pub fn webhook(name: &str, url: &str) -> ActionSettings {
         name: name.into(),
         kind: "webhook".into(),
         url: Some(url.into()),
+        // The test targets listen on loopback.
+        allow_private_targets: true,
         timeout_ms: 2_000,
         retry: RetrySettings {
             backoff_ms: 200,
@@ -134,7 +136,7 @@ async fn customer_data_is_left_out_when_asked(backend: Backend) {
     let target = Target::start("127.0.0.1:0".parse().unwrap()).await;
     let Some(app) = TestApp::spawn(backend, |s| {
         let mut hook = webhook("slack", &target.url());
-        hook.include_customer = false;
+        hook.include_customer = Some(false);
         s.actions.push(hook);
     })
     .await

@@ -3,6 +3,7 @@
 //! against SQLite and the real Postgres server. `TEST_LOG=1` shows the logs.
 
 mod browser;
+mod services;
 mod smtp;
 mod support;
 mod target;
@@ -18,6 +19,7 @@ mod dashboard_browser;
 mod demo;
 mod faults;
 mod ingest;
+mod integrations;
 mod metrics;
 mod outbox;
 mod privacy;

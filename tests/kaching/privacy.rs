@@ -187,7 +187,7 @@ async fn a_wrong_key_is_refused_and_a_rotated_one_still_opens_old_rows(backend: 
         .iter()
         .find(|a| a.name == "crm")
         .unwrap();
-    assert!(crm.include_customer);
+    assert!(crm.includes_customer());
     // Replay the old notification through the new action: it opens with the previous key.
     let runs = app
         .store
