@@ -340,3 +340,60 @@ fn sensitive(v: SecretString, key: &str) -> Result<HeaderValue, ConfigError> {
     h.set_sensitive(true);
     Ok(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_errors() {
+        std::env::set_var("KACHING_UNIT_HTTP_TOKEN", "tok-very-secret");
+        let s = ActionSettings {
+            name: "x".into(),
+            kind: "http".into(),
+            url: Some("https://api.example.com/{{ receipt }}".into()),
+            bearer_env: Some("KACHING_UNIT_HTTP_TOKEN".into()),
+            query_env: [("key".to_owned(), "KACHING_UNIT_HTTP_TOKEN".to_owned())].into(),
+            ..Default::default()
+        };
+        let h = Http::from_settings(&s, &|k| format!("actions[0].{k}")).unwrap();
+        let shown = format!("{h:?} {}", h.origin());
+        assert!(!shown.contains("tok-very-secret"), "{shown}");
+        let e = ActionSettings {
+            bearer_env: Some("KACHING_UNIT_HTTP_UNSET".into()),
+            ..s
+        };
+        let err = Http::from_settings(&e, &|k| format!("actions[0].{k}")).unwrap_err();
+        assert!(err.to_string().contains("actions[0].bearer_env"), "{err}");
+    }
+
+    #[test]
+    fn a_body_on_a_get_and_two_bodies_are_refused() {
+        let base = ActionSettings {
+            name: "x".into(),
+            kind: "http".into(),
+            url: Some("https://api.example.com/".into()),
+            ..Default::default()
+        };
+        let key = |k: &str| format!("actions[0].{k}");
+        let get = ActionSettings {
+            method: Some("get".into()),
+            form: Some(Default::default()),
+            ..base.clone()
+        };
+        assert!(Http::from_settings(&get, &key).is_err());
+        let two = ActionSettings {
+            json: Some(serde_json::json!({})),
+            body: Some("x".into()),
+            content_type: Some("text/plain".into()),
+            ..base.clone()
+        };
+        assert!(Http::from_settings(&two, &key).is_err());
+        let raw = ActionSettings {
+            body: Some("x".into()),
+            ..base
+        };
+        let err = Http::from_settings(&raw, &key).unwrap_err().to_string();
+        assert!(err.contains("content_type"), "{err}");
+    }
+}

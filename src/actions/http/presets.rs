@@ -190,4 +190,46 @@ mod tests {
             "{e}"
         );
     }
+
+    /// The README's preset blocks are complete: each builds as it is, with
+    /// its environment variables set.
+    #[test]
+    fn the_readme_blocks_build() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("#### Presets").expect("the presets section");
+        let end = start + readme[start..].find("What each preset sends").expect("its end");
+        let section = &readme[start..end];
+        let blocks: Vec<&str> = section
+            .split("```toml")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), PRESETS.len(), "one block per preset");
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            actions: Vec<ActionSettings>,
+        }
+        let mut seen = Vec::new();
+        for block in blocks {
+            let doc: Doc = toml::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            for a in &doc.actions {
+                for var in a
+                    .url_env
+                    .iter()
+                    .chain(a.bearer_env.iter())
+                    .chain(a.basic_password_env.iter())
+                    .chain(a.query_env.values())
+                {
+                    std::env::set_var(var, "https://hooks.example.com/T/B/secret");
+                }
+                seen.extend(a.preset.clone());
+            }
+            crate::actions::Actions::from_settings(&doc.actions)
+                .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        }
+        let mut names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        seen.sort();
+        assert_eq!(seen, names, "every preset documented");
+    }
 }
