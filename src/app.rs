@@ -35,6 +35,7 @@ pub struct App {
     keeper: tokio::task::JoinHandle<()>,
     projector: tokio::task::JoinHandle<()>,
     alerts: tokio::task::JoinHandle<()>,
+    reconcile: tokio::task::JoinHandle<()>,
     risk: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
     token: CancellationToken,
@@ -223,6 +224,14 @@ impl App {
                 })
             }
         };
+        let ingest = Arc::new(ingest);
+        let reconcile = crate::reconcile::spawn(
+            store.clone(),
+            live.clone(),
+            ingest.clone(),
+            metrics.clone(),
+            token.clone(),
+        );
         let state = Arc::new(AppState {
             store,
             ingest,
@@ -239,6 +248,7 @@ impl App {
             keeper,
             projector,
             alerts,
+            reconcile,
             risk,
             retention,
             token,
@@ -328,6 +338,8 @@ impl App {
         // The writers stop once the last request holding a handle is gone.
         let store = self.state.store.clone();
         drop(self.state);
+        // It saw the token: it stops, and lets go of its hold on the writers.
+        let _ = tokio::time::timeout(self.grace, self.reconcile).await;
         let mut writers = self.writers;
         if tokio::time::timeout(self.grace, async {
             while writers.join_next().await.is_some() {}

@@ -1,6 +1,6 @@
 //! The command line: `serve`, `migrate`, `check-config`, `encrypt`,
 //! `decrypt`, `notifications`, `rejected list|reprocess`, `actions`, `replay`,
-//! `admin hash-password`, `report backfill|rebuild`, `demo`.
+//! `reconcile`, `admin hash-password`, `report backfill|rebuild`, `demo`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -112,6 +112,25 @@ pub enum Command {
         /// Only this transaction type (the action's own filter applies too).
         #[arg(long = "type", value_parser = TransactionType::parse)]
         kind: Option<TransactionType>,
+    },
+    /// Compare the stored notifications with ClickBank's Orders API and
+    /// store what ClickBank has and kaching lacks (see [accounts.reconcile]).
+    Reconcile {
+        /// The account (it needs an [accounts.reconcile] block).
+        #[arg(long)]
+        account: String,
+        /// The first day (ClickBank's day, US Pacific): 2026-11-01.
+        #[arg(long)]
+        since: chrono::NaiveDate,
+        /// The last day, inclusive (default: today).
+        #[arg(long)]
+        until: Option<chrono::NaiveDate>,
+        /// Compare and list what is missing; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The dashboard's login.
     Admin {
@@ -684,6 +703,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await;
             store.close().await;
             println!("{}", summary?);
+            Ok(())
+        }
+        Command::Reconcile {
+            account,
+            since,
+            until,
+            dry_run,
+            json,
+        } => {
+            let settings = load(&cli)?;
+            let store = open_store(&settings, true).await?;
+            let until = until.unwrap_or_else(|| crate::reconcile::pacific_day(Utc::now()));
+            let report =
+                crate::reconcile::reconcile(&settings, &store, account, (*since, until), *dry_run)
+                    .await;
+            store.close().await;
+            let r = report?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{} {}..{}{}: {} calls to the Orders API ({} count, {} list; {} answered 403)",
+                r.account,
+                r.from,
+                r.to,
+                if r.dry_run { " (dry run)" } else { "" },
+                r.calls,
+                r.by_kind.count,
+                r.by_kind.list,
+                r.by_kind.forbidden
+            );
+            println!(
+                "compared {} days x types, {} differed, {} orders listed, {} missing, {} stored",
+                r.compared,
+                r.differing.len(),
+                r.listed,
+                r.missing.len(),
+                r.recovered
+            );
+            for m in &r.missing {
+                println!(
+                    "  {:<8} {:<14} {}  {}",
+                    m.kind,
+                    m.receipt,
+                    m.transaction_time.format("%Y-%m-%d %H:%M:%S UTC"),
+                    if m.recovered {
+                        "stored"
+                    } else if r.dry_run {
+                        "would store"
+                    } else {
+                        "already stored"
+                    }
+                );
+            }
             Ok(())
         }
         Command::Rejected { command } => {

@@ -11,8 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 mod alerts;
+mod reconcile;
 
 pub use alerts::{AlertSettings, PrivacySettings, RiskSettings};
+pub use reconcile::ReconcileSettings;
 
 use ipnet::IpNet;
 use secrecy::SecretString;
@@ -462,6 +464,8 @@ pub struct AccountSettings {
     pub hmac_header: String,
     #[serde(deserialize_with = "de_nets")]
     pub allowed_ips: Vec<IpNet>,
+    /// Reconciliation with ClickBank's Orders API (off without it).
+    pub reconcile: Option<ReconcileSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -623,6 +627,9 @@ pub struct WhenSettings {
     /// Only sales whose refund-risk score is at least this (0–1); a sale
     /// without a score (no model yet) does not match.
     pub min_refund_risk: Option<f64>,
+    /// Orders recovered by reconciliation (`form = "orders-api"`, hours or
+    /// days late) match only when true: `false` keeps a late thank-you away.
+    pub reconciled: bool,
 }
 
 impl Default for WhenSettings {
@@ -636,6 +643,7 @@ impl Default for WhenSettings {
             include_tests: false,
             notifications: true,
             min_refund_risk: None,
+            reconciled: true,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod ins;
 pub mod metrics;
 pub mod privacy;
+pub mod reconcile;
 pub mod rejected;
 pub mod reload;
 pub mod report;

@@ -61,6 +61,11 @@ struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -87,6 +92,8 @@ pub struct Metrics {
     rejected_dropped: Counter,
     config_reloads: Counter,
     config_reload_failures: Counter,
+    /// `[account index]`: Orders API calls, orders recovered, failed runs.
+    reconcile: Vec<[Counter; 3]>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,8 +253,41 @@ impl Metrics {
             config_reload_failures.clone(),
         );
 
+        let calls = Family::<AccountLabel, Counter>::default();
+        let recovered = Family::<AccountLabel, Counter>::default();
+        let failed = Family::<AccountLabel, Counter>::default();
+        let reconcile = accounts
+            .iter()
+            .map(|a| {
+                let l = AccountLabel {
+                    account: (*a).to_owned(),
+                };
+                [
+                    calls.get_or_create(&l).clone(),
+                    recovered.get_or_create(&l).clone(),
+                    failed.get_or_create(&l).clone(),
+                ]
+            })
+            .collect();
+        registry.register(
+            "reconcile_api_calls",
+            "Requests made to ClickBank's Orders API by reconciliation, by account",
+            calls,
+        );
+        registry.register(
+            "reconcile_recovered",
+            "Orders reconciliation stored that no post had brought, by account",
+            recovered,
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciliation runs that stopped on an error, by account",
+            failed,
+        );
+
         Metrics {
             registry,
+            reconcile,
             notifications,
             account_index,
             action_index: actions
@@ -329,6 +369,22 @@ impl Metrics {
         ) {
             p.set(pending);
             a.set(oldest_age.as_secs_f64());
+        }
+    }
+
+    /// One reconciliation run of a configured account ended.
+    pub fn reconcile(&self, account: &str, calls: u64, recovered: u64, ok: bool) {
+        let Some(c) = self
+            .account_index
+            .get(account)
+            .and_then(|i| self.reconcile.get(i - 1))
+        else {
+            return;
+        };
+        c[0].inc_by(calls);
+        c[1].inc_by(recovered);
+        if !ok {
+            c[2].inc();
         }
     }
 

@@ -27,6 +27,8 @@ use crate::privacy::DataKeys;
 pub struct Account {
     pub keys: AccountKeys,
     pub allowed_ips: Vec<IpNet>,
+    /// `[accounts.reconcile]`, resolved.
+    pub reconcile: Option<Arc<crate::reconcile::Plan>>,
 }
 
 /// What a request, the dispatcher and the CLI need, resolved from settings.
@@ -69,9 +71,15 @@ impl Runtime {
                     ),
                 ));
             }
+            let reconcile = a
+                .reconcile
+                .as_ref()
+                .map(|r| crate::reconcile::Plan::build(&keys.name, r, i).map(Arc::new))
+                .transpose()?;
             accounts.push(Account {
                 keys,
                 allowed_ips: a.allowed_ips.clone(),
+                reconcile,
             });
         }
         let by_name = accounts

@@ -63,6 +63,9 @@ pub struct NotificationEvent {
     pub kind: String,
     /// TEST, TEST_*, CANCEL-TEST-REBILL… (the Test button, test purchases).
     pub test: bool,
+    /// Recovered by reconciliation with ClickBank's Orders API: no post
+    /// brought it, and it may be hours or days late.
+    pub reconciled: bool,
     pub role: String,
     pub receipt: String,
     pub transaction_time: DateTime<Utc>,
@@ -172,6 +175,7 @@ impl Event {
             notification_id: n.id,
             account: n.account.to_string(),
             test: x.transaction_type.is_test(),
+            reconciled: n.form == BodyForm::OrdersApi,
             kind: x.transaction_type.to_string(),
             role: x.role.to_string(),
             receipt: x.receipt.to_string(),

@@ -19,7 +19,7 @@ use rand::Rng as _;
 use rust_decimal::Decimal;
 
 use crate::config::{check_name, invalid, ActionSettings, ConfigError};
-use crate::ins::{Notification, TransactionType};
+use crate::ins::{BodyForm, Notification, TransactionType};
 use crate::privacy::{DataKeys, KeyError};
 use crate::store::{ActionRef, AlertPhase, AlertRow, RunOutcome, StoredNotification};
 
@@ -77,14 +77,23 @@ struct Filter {
     notifications: bool,
     /// Only sales scored at least this (none without a score).
     min_refund_risk: Option<f64>,
+    /// Orders recovered by reconciliation too.
+    reconciled: bool,
 }
 
 impl Filter {
     /// Does a notification for `account` pass? Looks at the typed fields
     /// the ins layer parsed, stored or not.
-    fn matches(&self, account: &str, n: &Notification, refund_risk: Option<f64>) -> bool {
+    fn matches(
+        &self,
+        account: &str,
+        form: BodyForm,
+        n: &Notification,
+        refund_risk: Option<f64>,
+    ) -> bool {
         let listed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
         self.notifications
+            && (self.reconciled || form != BodyForm::OrdersApi)
             && self
                 .min_refund_risk
                 .is_none_or(|min| refund_risk.is_some_and(|r| r >= min))
@@ -275,7 +284,7 @@ impl Action {
     /// Does this action run for a stored notification? (`kaching replay`)
     pub fn matches_stored(&self, n: &StoredNotification) -> bool {
         self.filter
-            .matches(n.account.as_str(), &n.notification, n.refund_risk)
+            .matches(n.account.as_str(), n.form, &n.notification, n.refund_risk)
     }
 }
 
@@ -370,6 +379,7 @@ impl Actions {
                     include_tests: s.when.include_tests,
                     notifications: s.when.notifications,
                     min_refund_risk: s.when.min_refund_risk,
+                    reconciled: s.when.reconciled,
                 },
                 kind,
                 keys: None,
@@ -405,13 +415,14 @@ impl Actions {
     pub fn matching(
         &self,
         account: &str,
+        form: BodyForm,
         n: &Notification,
         refund_risk: Option<f64>,
         claim_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Vec<ActionRef> {
         self.list
             .iter()
-            .filter(|a| a.filter.matches(account, n, refund_risk))
+            .filter(|a| a.filter.matches(account, form, n, refund_risk))
             .map(|a| ActionRef {
                 name: a.name.clone(),
                 claimed_until: claim_at.map(|t| t + dispatcher::creation_lease(a)),
@@ -492,6 +503,7 @@ mod tests {
             include_tests: false,
             notifications: true,
             min_refund_risk: None,
+            reconciled: true,
         }
     }
 
@@ -589,13 +601,23 @@ mod tests {
             ),
         ];
         for (i, (f, s, want)) in cases.iter().enumerate() {
-            assert_eq!(f.matches("acme", s, None), *want, "case {i}");
+            assert_eq!(
+                f.matches("acme", BodyForm::Envelope, s, None),
+                *want,
+                "case {i}"
+            );
         }
+        let sale = subject("SALE", "1.00", p);
+        assert!(filter().matches("acme", BodyForm::OrdersApi, &sale, None));
+        let on_time = f(&|f| f.reconciled = false);
+        assert!(!on_time.matches("acme", BodyForm::OrdersApi, &sale, None));
+        assert!(on_time.matches("acme", BodyForm::Envelope, &sale, None));
         let risky = f(&|f| f.min_refund_risk = Some(0.3));
         let sale = subject("SALE", "1.00", p);
-        assert!(risky.matches("acme", &sale, Some(0.31)));
-        assert!(!risky.matches("acme", &sale, Some(0.29)));
-        assert!(!risky.matches("acme", &sale, None), "no score: no match");
+        let e = BodyForm::Envelope;
+        assert!(risky.matches("acme", e, &sale, Some(0.31)));
+        assert!(!risky.matches("acme", e, &sale, Some(0.29)));
+        assert!(!risky.matches("acme", e, &sale, None), "no score: no match");
     }
 
     #[test]

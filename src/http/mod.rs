@@ -28,7 +28,7 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
-    pub ingest: Ingest,
+    pub ingest: Arc<Ingest>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -210,41 +210,92 @@ impl Ingest {
                 return Err(IngestError::Rejected(reason));
             }
         };
-        let mut auth = auth;
+        let account = auth.account.clone();
+        let key_index = auth.key_index;
+        let form = auth.form;
+        let (notification, recorded) = self
+            .commit(
+                runtime,
+                auth.account,
+                form,
+                auth.notification,
+                Some(ip),
+                post.received_at,
+            )
+            .await?;
+        debug_assert_eq!(notification.account, account);
+        Ok(Accepted {
+            notification,
+            key_index,
+            recorded,
+        })
+    }
+
+    /// Stores an order that reached kaching another way than a post
+    /// (reconciliation, [`crate::reconcile`]): sealed, scored and committed
+    /// with its matching actions' runs exactly as a post's notification.
+    pub async fn store_recovered(
+        &self,
+        account: AccountName,
+        notification: Notification,
+        received_at: DateTime<Utc>,
+    ) -> Result<Recorded, IngestError> {
+        let runtime = self.runtime.load();
+        self.commit(
+            runtime,
+            account,
+            BodyForm::OrdersApi,
+            notification,
+            None,
+            received_at,
+        )
+        .await
+        .map(|(_, recorded)| recorded)
+    }
+
+    /// From an authenticated notification to its commit: the customer data
+    /// sealed, a sale scored, the matching runs, the write, the hints.
+    async fn commit(
+        &self,
+        runtime: arc_swap::Guard<Arc<Runtime>>,
+        account: AccountName,
+        form: BodyForm,
+        mut notification: Notification,
+        source_ip: Option<IpAddr>,
+        received_at: DateTime<Utc>,
+    ) -> Result<(NewNotification, Recorded), IngestError> {
         let (personal, email_index) = match &runtime.data_keys {
-            Some(keys) => crate::privacy::seal_customer(
-                keys,
-                &auth.account,
-                auth.form,
-                &mut auth.notification,
-            ),
+            Some(keys) => crate::privacy::seal_customer(keys, &account, form, &mut notification),
             None => (None, None),
         };
+        if form != BodyForm::OrdersApi && crate::reconcile::is_late(&notification, received_at) {
+            self.adopt_recovered_twin(&runtime, &account, &mut notification)
+                .await?;
+        }
         let refund_risk = match &self.risk {
-            Some(slot) if auth.notification.transaction_type == TransactionType::Sale => {
-                slot.load().as_ref().map(|s| {
-                    s.model
-                        .score(&crate::risk::features::values(&auth.notification))
-                })
-            }
+            Some(slot) if notification.transaction_type == TransactionType::Sale => slot
+                .load()
+                .as_ref()
+                .map(|s| s.model.score(&crate::risk::features::values(&notification))),
             _ => None,
         };
         let new = NewNotification {
             actions: runtime.actions.matching(
-                auth.account.as_str(),
-                &auth.notification,
+                account.as_str(),
+                form,
+                &notification,
                 refund_risk,
                 // This process's dispatcher runs them: created claimed.
-                self.runs.as_ref().map(|_| post.received_at),
+                self.runs.as_ref().map(|_| received_at),
             ),
             refund_risk,
             personal,
             email_index,
-            account: auth.account,
-            form: auth.form,
-            notification: Arc::new(auth.notification),
-            source_ip: Some(ip),
-            received_at: post.received_at,
+            account,
+            form,
+            notification: Arc::new(notification),
+            source_ip,
+            received_at,
         };
         let timeout = runtime.commit_timeout;
         drop(runtime);
@@ -254,11 +305,42 @@ impl Ingest {
             .and_then(|r| r)
             .map_err(IngestError::Unavailable)?;
         self.publish(&new, &recorded);
-        Ok(Accepted {
-            notification: new,
-            key_index: auth.key_index,
-            recorded,
-        })
+        Ok((new, recorded))
+    }
+
+    /// A late post of a transaction reconciliation already recovered takes
+    /// the recovered row's transaction time, so it is stored as its
+    /// duplicate (see [`crate::reconcile`]).
+    async fn adopt_recovered_twin(
+        &self,
+        runtime: &Runtime,
+        account: &AccountName,
+        n: &mut Notification,
+    ) -> Result<(), IngestError> {
+        let tolerance = runtime
+            .account(account.as_str())
+            .and_then(|a| a.reconcile.as_ref())
+            .map_or(crate::reconcile::DEFAULT_TOLERANCE, |p| p.tolerance);
+        let key = crate::store::StoredKey {
+            role: n.role.to_string(),
+            receipt: n.receipt.to_string(),
+            transaction_type: n.transaction_type.to_string(),
+            transaction_time: n.transaction_time,
+        };
+        let twin = self
+            .writer
+            .store()
+            .recovered_twin(
+                account.as_str(),
+                &key,
+                chrono::Duration::from_std(tolerance).unwrap_or_default(),
+            )
+            .await
+            .map_err(IngestError::Unavailable)?;
+        if let Some(t) = twin {
+            n.transaction_time = t;
+        }
+        Ok(())
     }
 
     fn keep(&self, post: &Post<'_>, body: &Bytes, reason: String, signature: Option<&str>) {

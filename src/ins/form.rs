@@ -16,6 +16,9 @@ pub enum BodyForm {
     LegacyForm,
     /// Any other JSON object, authenticated by an HMAC header.
     PlainJson,
+    /// Not a post: an order ClickBank's Orders API listed and no post had
+    /// brought, stored by reconciliation (see [`crate::reconcile`]).
+    OrdersApi,
 }
 
 impl BodyForm {
@@ -25,6 +28,7 @@ impl BodyForm {
             BodyForm::Envelope => "envelope",
             BodyForm::LegacyForm => "legacy-form",
             BodyForm::PlainJson => "hmac-json",
+            BodyForm::OrdersApi => "orders-api",
         }
     }
 
@@ -34,10 +38,13 @@ impl BodyForm {
             BodyForm::Envelope,
             BodyForm::LegacyForm,
             BodyForm::PlainJson,
+            BodyForm::OrdersApi,
         ]
         .into_iter()
         .find(|f| f.as_str() == s)
-        .ok_or_else(|| "body form must be envelope, legacy-form or hmac-json".to_owned())
+        .ok_or_else(|| {
+            "body form must be envelope, legacy-form, hmac-json or orders-api".to_owned()
+        })
     }
 }
 

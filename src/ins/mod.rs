@@ -23,6 +23,7 @@ pub use form::{recognise, BodyForm};
 pub use hmac::hmac_hex;
 pub use keys::{AccountKey, AccountKeys};
 pub use legacy::legacy_cverify;
+pub(crate) use plaintext::decode as decode_plaintext;
 pub use plaintext::money;
 pub use types::{AccountName, Notification, Receipt, Role, TransactionType};
 

@@ -75,7 +75,7 @@ pub fn split(payload: &str, form: BodyForm) -> Split {
                 personal.insert((*k).to_owned(), value);
             }
         }
-        BodyForm::Envelope | BodyForm::PlainJson => {
+        BodyForm::Envelope | BodyForm::PlainJson | BodyForm::OrdersApi => {
             let Some(raw) = members.get("customer") else {
                 return none();
             };

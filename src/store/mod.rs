@@ -13,6 +13,7 @@
 pub(crate) mod alerts;
 mod postgres;
 mod privacy;
+mod reconcile;
 mod report;
 mod risk;
 mod runs;
@@ -39,6 +40,7 @@ pub use self::alerts::{
 };
 pub use self::postgres::PgStore;
 pub use self::privacy::{ClearRow, CustomerRow, SealedRow};
+pub use self::reconcile::{ReconcileRunRow, StoredKey};
 pub use self::report::{
     CohortRow, Counters, DailyKey, FactRow, ListedNotification, NotificationFilter, Projection,
     SaleFacts, SubscriptionChange, SumQuery, SumRow,

@@ -137,6 +137,11 @@ impl Writer {
         probe
     }
 
+    /// The store it writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Stores `row`; returns after the commit that contains it.
     pub async fn record(&self, row: NewNotification) -> Result<Recorded, StoreError> {
         let (reply, answer) = oneshot::channel();

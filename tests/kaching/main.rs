@@ -3,6 +3,7 @@
 //! against SQLite and the real Postgres server. `TEST_LOG=1` shows the logs.
 
 mod browser;
+mod orders_api;
 mod services;
 mod smtp;
 mod support;
@@ -23,6 +24,7 @@ mod integrations;
 mod metrics;
 mod outbox;
 mod privacy;
+mod reconcile;
 mod reload;
 mod risk;
 mod security;

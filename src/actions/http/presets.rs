@@ -197,7 +197,10 @@ mod tests {
     fn the_readme_blocks_build() {
         let readme = include_str!("../../../README.md");
         let start = readme.find("#### Presets").expect("the presets section");
-        let end = start + readme[start..].find("What each preset sends").expect("its end");
+        let end = start
+            + readme[start..]
+                .find("What each preset sends")
+                .expect("its end");
         let section = &readme[start..end];
         let blocks: Vec<&str> = section
             .split("```toml")
