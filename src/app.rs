@@ -183,7 +183,13 @@ impl App {
             settings.privacy.rejected_retention_days,
             token.clone(),
         );
-        let mut ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()));
+        let recovered = Arc::new(crate::reconcile::Recovered::default());
+        recovered
+            .refresh(&store)
+            .await
+            .context("cannot read the orders reconciliation recovered")?;
+        let mut ingest = Ingest::new(live.clone(), writer, Some(rejected), Some(dispatch.clone()))
+            .with_recovered(recovered.clone());
         if settings.risk.enabled {
             ingest = ingest.with_risk(slot);
         }
@@ -229,6 +235,7 @@ impl App {
             store.clone(),
             live.clone(),
             ingest.clone(),
+            recovered,
             metrics.clone(),
             token.clone(),
         );

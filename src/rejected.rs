@@ -41,7 +41,10 @@ pub async fn reprocess_with(runtime: Live, store: &Store) -> anyhow::Result<Repr
     // A command, not a server: its metrics are never scraped.
     let (writer, _writers) = Writer::spawn(store.clone(), Default::default());
     let keys = runtime.load().data_keys.clone();
-    let ingest = Ingest::for_reprocessing(runtime, writer);
+    // A kept post of an order reconciliation recovered since is its duplicate.
+    let recovered = Arc::new(crate::reconcile::Recovered::default());
+    recovered.refresh(store).await?;
+    let ingest = Ingest::for_reprocessing(runtime, writer).with_recovered(recovered);
     let mut summary = Reprocessed::default();
     let mut seen = 0i64;
     loop {

@@ -14,6 +14,8 @@ CREATE TABLE reconcile_runs (
     error       TEXT
 );
 CREATE INDEX reconcile_runs_account ON reconcile_runs (account, started_at);
+-- The recovered rows, read at start into the twin index (src/reconcile/recovered.rs).
+CREATE INDEX notifications_recovered ON notifications (id) WHERE form = 'orders-api';
 COMMENT ON TABLE reconcile_runs IS 'runs of the Orders API reconciliation; counts only, never order data';
 COMMENT ON COLUMN reconcile_runs.calls IS 'requests made to the Orders API (the daily budget counts these)';
 COMMENT ON COLUMN reconcile_runs.missing IS 'orders ClickBank has that kaching had not stored';

@@ -12,3 +12,5 @@ CREATE TABLE reconcile_runs (
     error       TEXT
 );
 CREATE INDEX reconcile_runs_account ON reconcile_runs (account, started_at);
+-- The recovered rows, read at start into the twin index (src/reconcile/recovered.rs).
+CREATE INDEX notifications_recovered ON notifications (id) WHERE form = 'orders-api';

@@ -96,12 +96,20 @@ pub struct Ingest {
     runs: Option<Dispatcher>,
     /// The refund-risk model in force, scoring each new sale.
     risk: Option<crate::risk::Slot>,
+    /// The orders reconciliation recovered, for their late copies.
+    recovered: Option<Arc<crate::reconcile::Recovered>>,
 }
 
 impl Ingest {
     /// Scores new sales with the model in `slot` (when there is one).
     pub fn with_risk(mut self, slot: crate::risk::Slot) -> Self {
         self.risk = Some(slot);
+        self
+    }
+
+    /// Stores a late copy of a recovered order as its duplicate.
+    pub fn with_recovered(mut self, recovered: Arc<crate::reconcile::Recovered>) -> Self {
+        self.recovered = Some(recovered);
         self
     }
 
@@ -119,6 +127,7 @@ impl Ingest {
             events: broadcast::channel(EVENTS).0,
             runs,
             risk: None,
+            recovered: None,
         }
     }
 
@@ -133,6 +142,7 @@ impl Ingest {
             events: broadcast::channel(EVENTS).0,
             runs: None,
             risk: None,
+            recovered: None,
         }
     }
 
@@ -250,7 +260,12 @@ impl Ingest {
             received_at,
         )
         .await
-        .map(|(_, recorded)| recorded)
+        .map(|(new, recorded)| {
+            if let (Some(r), Recorded::New { .. }) = (&self.recovered, &recorded) {
+                r.add(new.account.as_str(), &new.notification);
+            }
+            recorded
+        })
     }
 
     /// From an authenticated notification to its commit: the customer data
@@ -268,9 +283,16 @@ impl Ingest {
             Some(keys) => crate::privacy::seal_customer(keys, &account, form, &mut notification),
             None => (None, None),
         };
-        if form != BodyForm::OrdersApi && crate::reconcile::is_late(&notification, received_at) {
-            self.adopt_recovered_twin(&runtime, &account, &mut notification)
-                .await?;
+        if let (Some(recovered), false) = (&self.recovered, form == BodyForm::OrdersApi) {
+            // A copy of an order reconciliation recovered is stored as its
+            // duplicate, under its key (see [`crate::reconcile`]).
+            let tolerance = runtime
+                .account(account.as_str())
+                .and_then(|a| a.reconcile.as_ref())
+                .map_or(crate::reconcile::DEFAULT_TOLERANCE, |p| p.tolerance);
+            if let Some(t) = recovered.twin(account.as_str(), &notification, tolerance) {
+                notification.transaction_time = t;
+            }
         }
         let refund_risk = match &self.risk {
             Some(slot) if notification.transaction_type == TransactionType::Sale => slot
@@ -306,41 +328,6 @@ impl Ingest {
             .map_err(IngestError::Unavailable)?;
         self.publish(&new, &recorded);
         Ok((new, recorded))
-    }
-
-    /// A late post of a transaction reconciliation already recovered takes
-    /// the recovered row's transaction time, so it is stored as its
-    /// duplicate (see [`crate::reconcile`]).
-    async fn adopt_recovered_twin(
-        &self,
-        runtime: &Runtime,
-        account: &AccountName,
-        n: &mut Notification,
-    ) -> Result<(), IngestError> {
-        let tolerance = runtime
-            .account(account.as_str())
-            .and_then(|a| a.reconcile.as_ref())
-            .map_or(crate::reconcile::DEFAULT_TOLERANCE, |p| p.tolerance);
-        let key = crate::store::StoredKey {
-            role: n.role.to_string(),
-            receipt: n.receipt.to_string(),
-            transaction_type: n.transaction_type.to_string(),
-            transaction_time: n.transaction_time,
-        };
-        let twin = self
-            .writer
-            .store()
-            .recovered_twin(
-                account.as_str(),
-                &key,
-                chrono::Duration::from_std(tolerance).unwrap_or_default(),
-            )
-            .await
-            .map_err(IngestError::Unavailable)?;
-        if let Some(t) = twin {
-            n.transaction_time = t;
-        }
-        Ok(())
     }
 
     fn keep(&self, post: &Post<'_>, body: &Bytes, reason: String, signature: Option<&str>) {

@@ -18,12 +18,12 @@
 //!
 //! A late INS copy of a recovered order is a duplicate: by the dedup key
 //! when the two transaction times are equal (ClickBank's record of one
-//! transaction, to the second), and otherwise because the pipeline looks
-//! for a recovered twin within the tolerance for every post received more
-//! than [`FRESH`] after its transaction time, and stores it under the
-//! twin's key. A post received sooner cannot have a twin: reconciliation
-//! never stores an order younger than [`SETTLE`], and would have found the
-//! post instead. So a fresh post, the common case, costs no extra query.
+//! transaction, to the second), and otherwise because the pipeline finds
+//! its recovered twin within the tolerance in memory ([`Recovered`]: no
+//! query on the request path) and stores it under the twin's key. The
+//! daemon's own runs add to that index at once; a `kaching reconcile` run
+//! in another process reaches it at the daemon's next refresh (every
+//! [`REFRESH`]; one indexed query for the rows added since).
 //!
 //! Limits: at most `requests_per_second` (ClickBank allows 10 per
 //! address), `daily_budget` calls per account per 24 hours counted over
@@ -34,6 +34,7 @@
 mod api;
 mod by_hand;
 mod orders;
+mod recovered;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,17 +54,17 @@ use crate::store::{Recorded, Store, StoredKey};
 
 pub use api::{ApiError, Calls};
 pub use by_hand::reconcile;
+pub use recovered::Recovered;
 
 /// The transaction types the Orders API lists (and kaching compares).
 pub const TYPES: [&str; 4] = ["SALE", "BILL", "RFND", "CGBK"];
 /// Orders younger than this are left for INS.
 pub const SETTLE: Duration = Duration::from_secs(30 * 60);
-/// A post received later than this after its transaction is checked for a
-/// recovered twin. `FRESH` + the tolerance + clock skew stay under `SETTLE`.
-pub const FRESH: Duration = Duration::from_secs(10 * 60);
+/// How often the daemon reads the rows other processes recovered.
+pub const REFRESH: Duration = Duration::from_secs(5);
 /// `match_tolerance`'s default, also used for accounts without reconciliation.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
-/// The longest `match_tolerance` (so the invariant above holds).
+/// The longest `match_tolerance`.
 const MAX_TOLERANCE: Duration = Duration::from_secs(10 * 60);
 
 /// `[accounts.reconcile]` of one account, resolved.
@@ -174,13 +175,6 @@ fn pacific_midnight(day: NaiveDate) -> DateTime<Utc> {
             || day.and_time(chrono::NaiveTime::MIN).and_utc(),
             |t| t.with_timezone(&Utc),
         )
-}
-
-/// Should a post be checked for a recovered twin? (See the module docs.)
-pub fn is_late(n: &Notification, received_at: DateTime<Utc>) -> bool {
-    (received_at - n.transaction_time)
-        .to_std()
-        .is_ok_and(|d| d > FRESH)
 }
 
 /// An order ClickBank has and kaching had not stored.
@@ -380,11 +374,13 @@ fn key_of(n: &Notification) -> StoredKey {
 }
 
 /// The daemon's reconciliation: each account with `every` set, once per
-/// `every` (the first a minute after start), over its lookback window.
+/// `every` (the first a minute after start), over its lookback window; and
+/// every [`REFRESH`], `recovered` caught up with other processes' runs.
 pub fn spawn(
     store: Store,
     live: Live,
     ingest: Arc<Ingest>,
+    recovered: Arc<Recovered>,
     metrics: Arc<Metrics>,
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -394,7 +390,10 @@ pub fn spawn(
         loop {
             tokio::select! {
                 () = token.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                () = tokio::time::sleep(REFRESH) => {}
+            }
+            if let Err(e) = recovered.refresh(&store).await {
+                tracing::warn!(error = %e, "reconcile: cannot read the recovered orders");
             }
             let plans: Vec<Arc<Plan>> = live
                 .load()

@@ -1,6 +1,6 @@
 //! What reconciliation reads and keeps: the dedup keys of an account's
-//! stored notifications in a window, an INS post's recovered twin, and one
-//! row per run (its calls, for the daily budget).
+//! stored notifications in a window, the rows it recovered, and one row per
+//! run (its calls, for the daily budget).
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -47,26 +47,19 @@ impl Store {
             .await?))
     }
 
-    /// The transaction time of an order reconciliation stored for this
-    /// (account, role, receipt, type) within `tolerance` of `time`.
-    pub async fn recovered_twin(
+    /// Rows reconciliation stored (`form = 'orders-api'`) with an id above
+    /// `after`, lowest first: (id, account, role, receipt, type, time).
+    pub async fn recovered_after(
         &self,
-        account: &str,
-        key: &StoredKey,
-        tolerance: chrono::Duration,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        const SQL: &str = "SELECT transaction_time FROM notifications \
-            WHERE account = $1 AND role = $2 AND receipt = $3 AND transaction_type = $4 \
-            AND transaction_time >= $5 AND transaction_time <= $6 AND form = 'orders-api' \
-            ORDER BY transaction_time LIMIT 1";
-        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL)
-            .bind(account)
-            .bind(&key.role)
-            .bind(&key.receipt)
-            .bind(&key.transaction_type)
-            .bind(key.transaction_time - tolerance)
-            .bind(key.transaction_time + tolerance)
-            .fetch_optional(pool)
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, String, String, DateTime<Utc>)>, StoreError> {
+        const SQL: &str = "SELECT id, account, role, receipt, transaction_type, transaction_time \
+            FROM notifications WHERE form = 'orders-api' AND id > $1 ORDER BY id LIMIT $2";
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
             .await?))
     }
 

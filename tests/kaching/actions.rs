@@ -426,7 +426,7 @@ async fn replay_creates_runs_for_stored_notifications(backend: Backend) {
         format!(
             "[database]\nurl = \"{url}\"\n[privacy]\ndata_key_file = \"{}\"\n\
              [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
-             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"{}\"\n[actions.when]\ntypes = [\"SALE\"]\n",
+             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nallow_private_targets = true\nurl = \"{}\"\n[actions.when]\ntypes = [\"SALE\"]\n",
             key.display(),
             target.url()
         ),

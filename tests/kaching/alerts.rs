@@ -471,7 +471,7 @@ async fn two_stores_on_one_postgres_fire_one_alert() {
 async fn an_alert_fired_before_a_sigkill_is_delivered_once_after_the_restart() {
     let Some(d) = Daemon::configure(
         Backend::Sqlite,
-        "[[actions]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://{target}/hook\"\ntimeout_ms = 1000\n\
+        "[[actions]]\nname = \"ops\"\nkind = \"webhook\"\nallow_private_targets = true\nurl = \"http://{target}/hook\"\ntimeout_ms = 1000\n\
          [actions.when]\nnotifications = false\n[actions.retry]\nbackoff_ms = 200\n\
          [[alerts]]\nname = \"chargebacks\"\nkind = \"chargeback\"\nnotify = [\"ops\"]\n",
     )

@@ -90,7 +90,7 @@ impl Daemon {
 async fn every_run_completes_after_a_sigkill(backend: Backend) {
     let Some(d) = Daemon::configure(
         backend,
-        "[[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"http://{target}/hook\"\ntimeout_ms = 1000\n\
+        "[[actions]]\nname = \"crm\"\nkind = \"webhook\"\nallow_private_targets = true\nurl = \"http://{target}/hook\"\ntimeout_ms = 1000\n\
          [actions.retry]\nbackoff_ms = 200\n",
     )
     .await

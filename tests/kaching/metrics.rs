@@ -253,6 +253,7 @@ async fn action_runs_are_counted_by_action_and_outcome(backend: Backend) {
             name: "hook".into(),
             kind: "webhook".into(),
             url: Some(format!("http://{down}/hook")),
+            allow_private_targets: true,
             timeout_ms: 1_000,
             retry: RetrySettings {
                 backoff_ms: 600_000,

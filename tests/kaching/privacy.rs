@@ -268,7 +268,7 @@ async fn erasing_a_buyer_under_load_keeps_the_sale_and_a_retry_does_not_restore_
         format!(
             "[database]\nurl = \"{}\"\n[privacy]\ndata_key_file = \"{}\"\n\
              [[accounts]]\nname = \"acme\"\nsecret_key = \"{KEY}\"\n\
-             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+             [[actions]]\nname = \"crm\"\nkind = \"webhook\"\nallow_private_targets = true\nurl = \"{}\"\n",
             app.settings.database.url.expose(),
             crate::cli::key_file(&app).display(),
             target.url()

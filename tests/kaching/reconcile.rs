@@ -239,7 +239,9 @@ async fn missed_orders_are_recovered_exactly_once(backend: Backend) {
     assert_eq!(app.rows().await.len(), posted + 5);
 
     // ClickBank's own retry of a recovered sale arrives at last, its time 2 s
-    // off the Orders API's: a duplicate of the recovered row.
+    // off the Orders API's: a duplicate of the recovered row, once the
+    // daemon has read what this (other) process recovered.
+    tokio::time::sleep(kaching::reconcile::REFRESH + Duration::from_secs(1)).await;
     let late = Order {
         time: sale.notification.transaction_time + chrono::Duration::seconds(2),
         ..orders

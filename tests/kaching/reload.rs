@@ -73,7 +73,7 @@ fn config(
         "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
          [tls]\nmode = \"files\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n\
          [database]\nurl = \"{db}\"\n{accounts}\
-         [[actions]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\ntimeout_ms = 2000\n\
+         [[actions]]\nname = \"hook\"\nkind = \"webhook\"\nallow_private_targets = true\nurl = \"http://{hook}/hook\"\ntimeout_ms = 2000\n\
          [actions.when]\ntypes = [\"SALE\"]\n\
          [actions.retry]\nbackoff_ms = 200\n",
         cert.display(),
