@@ -6,7 +6,7 @@
 //! [`DEMO_SOURCE`]. The same seed and end give the same history, so a second
 //! run stores nothing new: every notification is a duplicate.
 
-mod history;
+pub mod history;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

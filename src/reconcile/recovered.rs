@@ -57,7 +57,10 @@ impl Recovered {
     /// A row this process just recovered.
     pub fn add(&self, account: &str, n: &Notification) {
         let mut times = self.times.write().unwrap_or_else(|e| e.into_inner());
-        times.entry(key(account, n)).or_default().push(n.transaction_time);
+        times
+            .entry(key(account, n))
+            .or_default()
+            .push(n.transaction_time);
     }
 
     /// The transaction time of `n`'s recovered twin, if one is within `tolerance`.

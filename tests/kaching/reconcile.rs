@@ -328,3 +328,66 @@ crate::on_both_backends!(
     missed_orders_are_recovered_exactly_once,
     the_legacy_key_form_and_the_rate_limit
 );
+
+/// The demo history's last week, a few posts lost: what a run costs in
+/// calls (the figure the README gives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_week_of_the_demo_history_costs_a_few_dozen_calls() {
+    let now = Utc::now();
+    let end = now - chrono::Duration::hours(1);
+    let week = orders_api::day(now) - chrono::Days::new(6);
+    let posts: Vec<_> = kaching::demo::history::history_at(1, 30, end, 30.0)
+        .into_iter()
+        .filter(|p| p.attempt == 1 && orders_api::day(p.time) >= week)
+        .collect();
+    let orders: Vec<Order> = posts
+        .iter()
+        .filter(|p| kaching::reconcile::TYPES.contains(&p.kind))
+        .map(|p| Order {
+            receipt: p.receipt.clone(),
+            kind: p.kind,
+            time: p.time,
+            amount: "37.00",
+            cart: false,
+        })
+        .collect();
+    let api = OrdersApi::start(orders.clone(), 20).await;
+    std::env::set_var("KACHING_TEST_CB_DEMO_KEY", orders_api::API_KEY);
+    let Some(app) = TestApp::spawn(Backend::Sqlite, |s| {
+        s.accounts[0].reconcile = Some(reconcile_block(&api, "KACHING_TEST_CB_DEMO_KEY", 15.0));
+    })
+    .await
+    else {
+        return;
+    };
+    // Every 40th post of the week lost (kaching down, say).
+    let mut lost = 0;
+    for (i, p) in posts.iter().enumerate() {
+        if i % 40 == 7 && kaching::reconcile::TYPES.contains(&p.kind) {
+            lost += 1;
+            continue;
+        }
+        assert_eq!(app.post_ins(envelope(KEY, &p.plaintext)).await.0, 200);
+    }
+    let window = (week, orders_api::day(now));
+    let r = kaching::reconcile::reconcile(&app.settings, &app.store, "acme", window, false)
+        .await
+        .expect("the run");
+    assert_eq!((r.missing.len(), r.recovered), (lost, lost), "{r:#?}");
+    let again = kaching::reconcile::reconcile(&app.settings, &app.store, "acme", window, false)
+        .await
+        .expect("the second run");
+    assert_eq!(again.recovered, 0);
+    println!(
+        "demo week: {} posts, {} orders at ClickBank, {lost} lost; run 1: {} calls ({} count, {} list pages), {} (day, type) differed, {} orders listed; run 2: {} calls",
+        posts.len(),
+        orders.len(),
+        r.calls,
+        r.by_kind.count,
+        r.by_kind.list,
+        r.differing.len(),
+        r.listed,
+        again.calls
+    );
+    app.stop().await;
+}
