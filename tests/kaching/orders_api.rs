@@ -70,9 +70,7 @@ impl OrdersApi {
             .route("/rest/1.3/orders2/count", axum::routing::get(count))
             .route("/rest/1.3/orders2/list", axum::routing::get(list))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::target::serve(app).await;
         OrdersApi { addr, shared }
     }
 

@@ -59,9 +59,7 @@ impl Services {
             .route("/mp/collect", post(ga4))
             .route("/postback", get(postback))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::target::serve(app).await;
         Services { addr, shared }
     }
 

@@ -120,6 +120,14 @@ impl Drop for Target {
     }
 }
 
+/// Serves `app` on a loopback port of its own until the test process ends.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// A free loopback port, for a server that starts later.
 pub fn reserve_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
