@@ -169,6 +169,45 @@ pub struct SecretUrl(pub String);
 /// The database URL.
 pub type DatabaseUrl = SecretUrl;
 
+/// Query parameters whose values are secrets, by a part of their name.
+const SECRET_PARAMS: [&str; 8] = [
+    "pass", "pwd", "secret", "token", "key", "auth", "signature", "credential",
+];
+
+/// `text` with a URL's password and the values of its secret-looking query
+/// parameters (`password`, `sslpassword`, `token`, `api_key`…) replaced by
+/// `redacted`; unchanged when it is not a URL (a template).
+pub fn redact_url(text: &str) -> String {
+    let Ok(mut u) = url::Url::parse(text) else {
+        return text.to_owned();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("redacted"));
+    }
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        SECRET_PARAMS.iter().any(|s| k.contains(s))
+    };
+    if u.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) { "redacted".into() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+fn ser_redacted_url<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(u) => s.serialize_some(&redact_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
 impl SecretUrl {
     pub fn expose(&self) -> &str {
         &self.0
@@ -176,11 +215,7 @@ impl SecretUrl {
 
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("redacted"));
-                u.to_string()
-            }
-            Ok(_) => self.0.clone(),
+            Ok(_) => redact_url(&self.0),
             Err(_) => "(unparsable url)".into(),
         }
     }
@@ -510,6 +545,7 @@ pub struct ActionSettings {
     /// or the preset's).
     pub include_customer: Option<bool>,
     // kind = "webhook" (and `url`, `headers` for "http")
+    #[serde(serialize_with = "ser_redacted_url")]
     pub url: Option<String>,
     /// The URL from an environment variable or a file, when the URL itself
     /// is the secret (Slack, Discord).
@@ -865,6 +901,25 @@ impl Settings {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn passwords_in_a_query_string_are_redacted_too() {
+        let db = SecretUrl(
+            "postgres://kaching:hunter2@db/kaching?sslmode=require&password=hunter3".into(),
+        );
+        let shown = format!("{db:?} {}", serde_json::to_string(&db).unwrap());
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains("sslmode=require"), "{shown}");
+        let hook = ActionSettings {
+            url: Some("https://hooks.example.com/x?api_key=k-123&Token=t-9&shop=acme".into()),
+            ..Default::default()
+        };
+        let printed = toml::to_string(&hook).unwrap();
+        assert!(!printed.contains("k-123") && !printed.contains("t-9"), "{printed}");
+        assert!(printed.contains("shop=acme"), "{printed}");
+        // A template is left as it is.
+        assert_eq!(redact_url("https://{{ vars.dc }}.x/{{ id }}"), "https://{{ vars.dc }}.x/{{ id }}");
+    }
 
     fn settings() -> Settings {
         Settings {

@@ -1,7 +1,8 @@
 //! `kind = "command"`: run a local program (no shell) with the event JSON on
 //! stdin and `KACHING_*` variables in its environment. Exit 0 is done; a
-//! non-zero exit, a failure to start, or the timeout (the program is killed)
-//! is retried.
+//! non-zero exit, a failure to start, or the timeout is retried. The
+//! program runs in a process group of its own, and the timeout kills the
+//! whole group: a script's children do not outlive it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -85,18 +86,30 @@ impl Command {
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }
+        #[cfg(unix)]
+        cmd.process_group(0);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 return Outcome::retry(format!("cannot start {}: {e}", self.program.display()))
             }
         };
-        if let Some(mut stdin) = child.stdin.take() {
-            // A program that ignores its input closes the pipe early: not an error.
-            let _ = stdin.write_all(&input).await;
+        // Its own group's id (process_group(0)).
+        let group = child.id();
+        let work = async move {
+            if let Some(mut stdin) = child.stdin.take() {
+                // A program that ignores its input closes the pipe early: not an error.
+                let _ = stdin.write_all(&input).await;
+            }
+            child.wait_with_output().await
+        };
+        // On timeout the future is dropped with the child (kill_on_drop), and
+        // the rest of its group is killed too.
+        let waited = tokio::time::timeout(timeout, work).await;
+        if waited.is_err() {
+            kill_group(group);
         }
-        // On timeout the future is dropped with the child, and kill_on_drop kills it.
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        match waited {
             Ok(Ok(out)) if out.status.success() => Outcome::Done,
             Ok(Ok(out)) => {
                 let stderr = String::from_utf8_lossy(&out.stderr);
@@ -115,6 +128,20 @@ impl Command {
             Err(_) => Outcome::retry(format!("killed after {timeout:?}")),
         }
     }
+}
+
+/// SIGKILL to every process of the group led by `leader`.
+fn kill_group(leader: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = leader
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        // Already gone (the group emptied itself): nothing to do.
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    #[cfg(not(unix))]
+    let _ = leader;
 }
 
 /// The program as a path: itself if it has a `/`, else looked up on PATH.

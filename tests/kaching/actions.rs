@@ -352,7 +352,13 @@ async fn a_failing_command_is_retried_and_a_slow_one_killed() {
         marker.display()
     );
     let pidfile = dir.path().join("slow.pid");
-    let slow = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let childfile = dir.path().join("child.pid");
+    // A script with a child of its own: the timeout kills both.
+    let slow = format!(
+        "sleep 30 & echo $! > {}; echo $$ > {}; wait",
+        childfile.display(),
+        pidfile.display()
+    );
     let Some(app) = TestApp::spawn(Backend::Sqlite, |s| {
         s.actions.push(command("flaky", &flaky, 5_000));
         let mut slow = command("slow", &slow, 300);
@@ -385,16 +391,18 @@ async fn a_failing_command_is_retried_and_a_slow_one_killed() {
     })
     .await;
     assert!(failed.last_error.unwrap().contains("killed after"));
-    let pid = std::fs::read_to_string(&pidfile).unwrap();
-    let alive = eventually(
-        Duration::from_secs(5),
-        "the killed process to be gone",
-        || async {
-            (!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()).then_some(false)
-        },
-    )
-    .await;
-    assert!(!alive);
+    for file in [&pidfile, &childfile] {
+        let pid = std::fs::read_to_string(file).unwrap();
+        // Gone, or a zombie waiting for init to reap it: not running either way.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|stat| !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"))
+        };
+        eventually(Duration::from_secs(5), "the killed process to be gone", || async {
+            (!running()).then_some(())
+        })
+        .await;
+    }
     app.stop().await;
 }
 
