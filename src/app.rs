@@ -299,6 +299,8 @@ impl App {
         let trigger = token.clone();
         tokio::spawn(async move {
             shutdown.await;
+            // systemd (Type=notify): stopping, not stuck.
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             trigger.cancel();
         });
         tracing::info!(
@@ -336,6 +338,11 @@ impl App {
             token,
             self.grace,
         );
+        // systemd (Type=notify): both listeners are bound, the store is
+        // migrated and open. Nothing happens without $NOTIFY_SOCKET.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "systemd: cannot report readiness");
+        }
         match admin {
             Some(admin) => {
                 tokio::join!(public, admin);

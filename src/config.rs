@@ -171,7 +171,14 @@ pub type DatabaseUrl = SecretUrl;
 
 /// Query parameters whose values are secrets, by a part of their name.
 const SECRET_PARAMS: [&str; 8] = [
-    "pass", "pwd", "secret", "token", "key", "auth", "signature", "credential",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "signature",
+    "credential",
 ];
 
 /// `text` with a URL's password and the values of its secret-looking query
@@ -192,7 +199,11 @@ pub fn redact_url(text: &str) -> String {
         let pairs: Vec<(String, String)> = u
             .query_pairs()
             .map(|(k, v)| {
-                let v = if secret(&k) { "redacted".into() } else { v.into_owned() };
+                let v = if secret(&k) {
+                    "redacted".into()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), v)
             })
             .collect();
@@ -908,17 +919,26 @@ mod tests {
             "postgres://kaching:hunter2@db/kaching?sslmode=require&password=hunter3".into(),
         );
         let shown = format!("{db:?} {}", serde_json::to_string(&db).unwrap());
-        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
         assert!(shown.contains("sslmode=require"), "{shown}");
         let hook = ActionSettings {
             url: Some("https://hooks.example.com/x?api_key=k-123&Token=t-9&shop=acme".into()),
             ..Default::default()
         };
         let printed = toml::to_string(&hook).unwrap();
-        assert!(!printed.contains("k-123") && !printed.contains("t-9"), "{printed}");
+        assert!(
+            !printed.contains("k-123") && !printed.contains("t-9"),
+            "{printed}"
+        );
         assert!(printed.contains("shop=acme"), "{printed}");
         // A template is left as it is.
-        assert_eq!(redact_url("https://{{ vars.dc }}.x/{{ id }}"), "https://{{ vars.dc }}.x/{{ id }}");
+        assert_eq!(
+            redact_url("https://{{ vars.dc }}.x/{{ id }}"),
+            "https://{{ vars.dc }}.x/{{ id }}"
+        );
     }
 
     fn settings() -> Settings {

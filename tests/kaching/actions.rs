@@ -398,9 +398,11 @@ async fn a_failing_command_is_retried_and_a_slow_one_killed() {
             std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
                 .is_ok_and(|stat| !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"))
         };
-        eventually(Duration::from_secs(5), "the killed process to be gone", || async {
-            (!running()).then_some(())
-        })
+        eventually(
+            Duration::from_secs(5),
+            "the killed process to be gone",
+            || async { (!running()).then_some(()) },
+        )
         .await;
     }
     app.stop().await;
