@@ -396,7 +396,7 @@ async fn a_failing_command_is_retried_and_a_slow_one_killed() {
         // Gone, or a zombie waiting for init to reap it: not running either way.
         let running = || {
             std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-                .is_ok_and(|stat| !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"))
+                .is_ok_and(|stat| stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"))
         };
         eventually(
             Duration::from_secs(5),
