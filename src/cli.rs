@@ -36,6 +36,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the receiver (migrates the database first).
     Serve,
+    /// Ask the running daemon on this host whether it is up (GET /healthz on
+    /// the INS listener); with --ready, whether its store takes commits
+    /// (GET /readyz). Exit status 0 when it is. For container health checks.
+    Health {
+        #[arg(long)]
+        ready: bool,
+    },
     /// Apply the database migrations and exit.
     Migrate,
     /// Load and validate the configuration, print it with secrets redacted.
@@ -316,6 +323,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let plaintext = ins::decrypt(secret_key, &body)
                 .map_err(|e| anyhow::anyhow!("cannot decrypt: {e}"))?;
             println!("{plaintext}");
+            Ok(())
+        }
+        Command::Health { ready } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            println!("{}", crate::doctor::health(&settings, *ready).await?);
             Ok(())
         }
         Command::CheckConfig => {

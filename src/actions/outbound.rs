@@ -42,7 +42,13 @@ const RESERVED: &[&str] = &[
     "198.51.100.0/24",
     "203.0.113.0/24",
     "240.0.0.0/4",
+    // IPv6 forms that carry an IPv4 address a gateway would reach: NAT64
+    // (well-known and local prefixes), SIIT, 6to4, Teredo.
+    "64:ff9b::/96",
     "64:ff9b:1::/48",
+    "::ffff:0:0:0/96",
+    "2002::/16",
+    "2001::/32",
     "100::/64",
     "2001:db8::/32",
     "fc00::/7",
@@ -53,8 +59,9 @@ const RESERVED: &[&str] = &[
 /// Why an address is not a public one, or `None` when it is.
 pub fn non_public(ip: IpAddr) -> Option<&'static str> {
     let ip = match ip {
-        // ::ffff:10.0.0.1 is 10.0.0.1.
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        // ::ffff:10.0.0.1 (mapped) and ::10.0.0.1 (compatible) are 10.0.0.1;
+        // ::1 becomes 0.0.0.1, refused as well.
+        IpAddr::V6(v6) => v6.to_ipv4().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
     let why = match ip {
@@ -159,15 +166,20 @@ pub fn refuse_literal(url: &reqwest::Url, allow_private: bool) -> Option<String>
 /// How a response ends a run: 2xx done (but 207, a batch API's "some
 /// items failed", fails: an action sends one item); 408, 429 and 5xx
 /// retried (honouring `Retry-After`); any other status failed at once,
-/// with the start of the body kept (email-shaped words masked).
-pub async fn outcome(response: reqwest::Response) -> Outcome {
+/// with the start of the body kept (email-shaped words and the action's
+/// own `secrets`, should the answer echo the request, masked).
+pub async fn outcome(response: reqwest::Response, secrets: &[&str]) -> Outcome {
     let status = response.status();
     let after = retry_after(response.headers());
     let body = read_capped(response).await;
     if status.is_success() && status != StatusCode::MULTI_STATUS {
         return Outcome::Done;
     }
-    let excerpt = excerpt(&body);
+    let mut body = String::from_utf8_lossy(&body).into_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        body = body.replace(s, "[secret]");
+    }
+    let excerpt = excerpt(body.as_bytes());
     let error = if excerpt.is_empty() {
         format!("the target answered {status}")
     } else {
@@ -288,6 +300,11 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "::ffff:0:a00:1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378::1",
             "2001:db8::1",
         ] {
             let ip: IpAddr = blocked.parse().unwrap();
@@ -304,6 +321,7 @@ mod tests {
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
         assert!(refuse_literal(&url("http://127.0.0.1:8080/x"), false).is_some());
         assert!(refuse_literal(&url("http://[::1]/x"), false).is_some());
+        assert!(refuse_literal(&url("http://[::ffff:127.0.0.1]/x"), false).is_some());
         assert!(refuse_literal(&url("http://169.254.169.254/latest"), false).is_some());
         assert_eq!(refuse_literal(&url("http://127.0.0.1/x"), true), None);
         assert_eq!(refuse_literal(&url("https://8.8.8.8/x"), false), None);

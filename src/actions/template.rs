@@ -2,12 +2,17 @@
 //! one minijinja environment with the helpers the APIs need, and one
 //! context, the event plus a few values every integration looks for.
 //!
-//! Helpers, beside minijinja's own (`lower`, `upper`, `trim`, `urlencode`,
-//! `default`, `tojson`…):
+//! A missing value (none, undefined) renders as nothing, not `none`.
+//!
+//! Helpers, beside minijinja's own (`lower`, `upper`, `trim`, `default`,
+//! `tojson`…):
+//! - `urlencode`: every character but `A-Z a-z 0-9 - . _ ~` percent-encoded
+//!   (`/` too, unlike minijinja's own, so a value cannot add path segments).
 //! - `sha256`, `md5`: lowercase hex of the text (Facebook's hashed email,
 //!   Mailchimp's subscriber hash).
 //! - `unix_time`: an RFC 3339 time (`transaction_time`) as Unix seconds.
-//! - `decimal(places=2)`: an amount as exact decimal text, `"37.00"`.
+//! - `decimal(2)`: an amount as exact decimal text, `"37.00"` (2 places
+//!   unless given).
 //! - `number`: an amount as a JSON number (`37.0`), for APIs that want one.
 //! - `slack`: `&`, `<` and `>` escaped as Slack's message format asks, so a
 //!   product title cannot mention `<!channel>`.
@@ -37,6 +42,25 @@ pub fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_formatter(|out, state, value| {
+        if value.is_none() || value.is_undefined() {
+            Ok(())
+        } else {
+            minijinja::escape_formatter(out, state, value)
+        }
+    });
+    env.add_filter("urlencode", |v: Value| {
+        const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
+        if v.is_none() || v.is_undefined() {
+            return String::new();
+        }
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        percent_encoding::utf8_percent_encode(&text, SET).to_string()
+    });
     env.add_filter("sha256", |s: String| {
         hex::encode(sha2::Sha256::digest(s.as_bytes()))
     });
@@ -250,6 +274,16 @@ mod tests {
             render("{{ 'a b&c' | urlencode }}", ctx.clone()),
             "a%20b%26c"
         );
+        assert_eq!(
+            render("{{ '../x/y' | urlencode }}", ctx.clone()),
+            "..%2Fx%2Fy"
+        );
         assert_eq!(render("{{ missing | decimal }}", ctx), "");
+        // Nothing for a missing value, not minijinja's `none`.
+        let none = minijinja::context! { first_name => Value::from(()) };
+        assert_eq!(
+            render("Hello {{ first_name }}{{ gone.deeper }}!", none),
+            "Hello !"
+        );
     }
 }

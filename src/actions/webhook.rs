@@ -47,12 +47,26 @@ impl Webhook {
         s: &ActionSettings,
         key: &dyn Fn(&str) -> String,
     ) -> Result<Self, ConfigError> {
-        let raw = s
-            .url
-            .as_deref()
-            .ok_or_else(|| invalid(key("url"), "is required for kind = \"webhook\""))?;
-        let url = reqwest::Url::parse(raw)
-            .map_err(|e| invalid(key("url"), format!("`{raw}` is not a URL: {e}")))?;
+        let secret_url = crate::config::secret_from(
+            &s.url_env,
+            &s.url_file,
+            (&key("url_env"), &key("url_file")),
+        )?;
+        let url = match (&s.url, secret_url) {
+            (Some(raw), None) => reqwest::Url::parse(raw)
+                .map_err(|e| invalid(key("url"), format!("`{raw}` is not a URL: {e}")))?,
+            (None, Some(raw)) => reqwest::Url::parse(raw.trim())
+                .map_err(|_| invalid(key("url_env"), "is not a URL"))?,
+            (None, None) => {
+                return Err(invalid(
+                    key("url"),
+                    "is required for kind = \"webhook\" (or url_env, url_file)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(key("url"), "set url or url_env/url_file, not both"))
+            }
+        };
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(invalid(
                 key("url"),
@@ -126,7 +140,7 @@ impl Webhook {
             );
         }
         match request.body(body).send().await {
-            Ok(response) => outbound::outcome(response).await,
+            Ok(response) => outbound::outcome(response, &[]).await,
             Err(e) => outbound::transport(e),
         }
     }

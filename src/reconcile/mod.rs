@@ -60,6 +60,8 @@ pub use recovered::Recovered;
 pub const TYPES: [&str; 4] = ["SALE", "BILL", "RFND", "CGBK"];
 /// Orders younger than this are left for INS.
 pub const SETTLE: Duration = Duration::from_secs(30 * 60);
+/// The longest window of one run, in days.
+pub const MAX_DAYS: u64 = 400;
 /// How often the daemon reads the rows other processes recovered.
 pub const REFRESH: Duration = Duration::from_secs(5);
 /// `match_tolerance`'s default, also used for accounts without reconciliation.
@@ -214,6 +216,8 @@ pub enum ReconcileError {
     Store(#[from] crate::store::StoreError),
     #[error("storing a recovered order: {0}")]
     Ingest(String),
+    #[error("the window: {0}")]
+    Window(String),
 }
 
 /// One run over `from..=to` (Pacific days).
@@ -231,6 +235,18 @@ pub async fn run(
         .reconcile_calls_since(account, now - chrono::Duration::hours(24))
         .await?;
     let left = u64::from(plan.daily_budget).saturating_sub(u64::try_from(used).unwrap_or(0));
+    let days = u64::try_from((to - from).num_days() + 1).unwrap_or(0);
+    if days == 0 || days > MAX_DAYS {
+        return Err(ReconcileError::Window(format!(
+            "{from} to {to}: a window is 1 to {MAX_DAYS} days"
+        )));
+    }
+    let counts = days * TYPES.len() as u64;
+    if counts > left {
+        return Err(ReconcileError::Window(format!(
+            "{from} to {to} takes {counts} count calls; the daily budget has {left} left"
+        )));
+    }
     let api = api::Api::new(plan.api_url.clone(), &plan.api_key, plan.pace, left)?;
     let id = store.start_reconcile_run(account, now, from, to).await?;
     let mut report = Report {
@@ -246,7 +262,8 @@ pub async fn run(
         missing: Vec::new(),
         recovered: 0,
     };
-    let outcome = compare_and_recover(plan, store, ingest, &api, &mut report, dry_run, now).await;
+    let outcome =
+        compare_and_recover(plan, store, ingest, &api, id, &mut report, dry_run, now).await;
     report.calls = api.made();
     report.by_kind = api.calls();
     let missing = report.missing.len() as u64;
@@ -271,11 +288,22 @@ pub async fn run(
     outcome.map(|()| report)
 }
 
+/// Is `k` the stored copy of `n`? Same receipt and type, the same role
+/// (or one of them without), transaction times within `tolerance`.
+fn same(k: &StoredKey, n: &Notification, tolerance: chrono::Duration) -> bool {
+    k.transaction_type == n.transaction_type.as_str()
+        && k.receipt == n.receipt.as_str()
+        && (k.role == n.role.as_str() || k.role.is_empty() || n.role.is_empty())
+        && (k.transaction_time - n.transaction_time).abs() <= tolerance
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn compare_and_recover(
     plan: &Plan,
     store: &Store,
     ingest: &Ingest,
     api: &api::Api,
+    run_id: i64,
     report: &mut Report,
     dry_run: bool,
     now: DateTime<Utc>,
@@ -309,49 +337,50 @@ async fn compare_and_recover(
         }
         day = day + chrono::Days::new(1);
     }
+    store.reconcile_progress(run_id, api.made()).await?;
     let settled = now - chrono::Duration::from_std(SETTLE).unwrap_or_default();
-    let same = |k: &StoredKey, n: &Notification| {
-        k.transaction_type == n.transaction_type.as_str()
-            && k.receipt == n.receipt.as_str()
-            && (k.role == n.role.as_str() || k.role.is_empty() || n.role.is_empty())
-            && (k.transaction_time - n.transaction_time).abs() <= tolerance
-    };
-    let mut found: Vec<Notification> = Vec::new();
+    // Each (day, type) is stored before the next is listed: a run that
+    // stops (the budget, a 403) keeps what it recovered.
     for (day, kind) in report.differing.clone() {
+        let mut found: Vec<Notification> = Vec::new();
         for order in api.list(day, day, &kind).await? {
             report.listed += 1;
             let text = orders::plaintext(&order).map_err(ApiError::Shape)?;
             let n = crate::ins::decode_plaintext(text)
                 .map_err(|e| ApiError::Shape(format!("an order kaching cannot read: {e}")))?;
-            let ours =
-                stored.iter().any(|k| same(k, &n)) || found.iter().any(|f| same(&key_of(f), &n));
+            let ours = stored.iter().any(|k| same(k, &n, tolerance))
+                || found.iter().any(|f| same(&key_of(f), &n, tolerance));
             if n.transaction_time <= settled && !ours {
                 found.push(n);
             }
         }
-    }
-    for n in &found {
-        report.missing.push(Missing {
-            receipt: n.receipt.to_string(),
-            kind: n.transaction_type.to_string(),
-            transaction_time: n.transaction_time,
-            recovered: false,
-        });
-    }
-    if dry_run {
-        return Ok(());
-    }
-    for (n, m) in found.into_iter().zip(report.missing.iter_mut()) {
-        match ingest
-            .store_recovered(plan.account.clone(), n, Utc::now())
-            .await
-            .map_err(|e| ReconcileError::Ingest(e.to_string()))?
-        {
-            Recorded::New { .. } => {
-                m.recovered = true;
-                report.recovered += 1;
+        store.reconcile_progress(run_id, api.made()).await?;
+        for n in found {
+            let mut missing = Missing {
+                receipt: n.receipt.to_string(),
+                kind: n.transaction_type.to_string(),
+                transaction_time: n.transaction_time,
+                recovered: false,
+            };
+            // A post may have brought it since the run read the keys.
+            let arrived = store
+                .keys_of(account, n.receipt.as_str(), n.transaction_type.as_str())
+                .await?
+                .iter()
+                .any(|k| same(k, &n, tolerance));
+            if !dry_run && !arrived {
+                let recorded = ingest
+                    .store_recovered(plan.account.clone(), n, Utc::now())
+                    .await
+                    .map_err(|e| ReconcileError::Ingest(e.to_string()))?;
+                if let Recorded::New { .. } = recorded {
+                    missing.recovered = true;
+                    report.recovered += 1;
+                }
             }
-            Recorded::Duplicate { .. } => {}
+            if !arrived {
+                report.missing.push(missing);
+            }
         }
     }
     if report.recovered > 0 {
@@ -384,16 +413,29 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    // Caught up on its own, so a long run does not hold it back.
+    let refresher = {
+        let (store, token) = (store.clone(), token.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(REFRESH) => {}
+                }
+                if let Err(e) = recovered.refresh(&store).await {
+                    tracing::warn!(error = %e, "reconcile: cannot read the recovered orders");
+                }
+            }
+        })
+    };
     tokio::spawn(async move {
+        let _refresher = AbortOnDrop(refresher);
         let started = tokio::time::Instant::now();
         let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 () = token.cancelled() => return,
-                () = tokio::time::sleep(REFRESH) => {}
-            }
-            if let Err(e) = recovered.refresh(&store).await {
-                tracing::warn!(error = %e, "reconcile: cannot read the recovered orders");
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
             }
             let plans: Vec<Arc<Plan>> = live
                 .load()
@@ -433,4 +475,13 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

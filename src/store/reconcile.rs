@@ -47,6 +47,35 @@ impl Store {
             .await?))
     }
 
+    /// The keys of `account`'s notifications of one receipt and type.
+    pub async fn keys_of(
+        &self,
+        account: &str,
+        receipt: &str,
+        kind: &str,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        const SQL: &str = "SELECT role, receipt, transaction_type, transaction_time \
+            FROM notifications WHERE account = $1 AND receipt = $2 AND transaction_type = $3";
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(account)
+            .bind(receipt)
+            .bind(kind)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// The calls a run in progress has made so far (the budget counts them).
+    pub async fn reconcile_progress(&self, id: i64, calls: u64) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE reconcile_runs SET calls = $2 WHERE id = $1";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(id)
+            .bind(i64::try_from(calls).unwrap_or(i64::MAX))
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
     /// Rows reconciliation stored (`form = 'orders-api'`) with an id above
     /// `after`, lowest first: (id, account, role, receipt, type, time).
     pub async fn recovered_after(

@@ -388,6 +388,76 @@ async fn a_refused_request_keeps_the_answer_and_a_busy_one_waits(backend: Backen
     app.stop().await;
 }
 
+/// No email, no click id: the presets that need them skip the event
+/// (done, nothing sent); a secret echoed by an API stays out of the run's
+/// error; a redirect to another origin is not followed.
+async fn conditions_secrets_and_redirects(backend: Backend) {
+    let svc = Services::start().await;
+    let token = env("KACHING_TEST_ECHO_TOKEN", "tok-0123456789-secret");
+    let hubspot = env("KACHING_TEST_HUBSPOT_UNUSED", services::HUBSPOT_TOKEN);
+    let actions = vec![
+        preset("postback", &svc, |s| {
+            s.url = Some(format!("{}/postback", svc.origin()))
+        }),
+        preset("hubspot", &svc, |s| s.bearer_env = Some(hubspot)),
+        ActionSettings {
+            name: "echo".into(),
+            kind: "http".into(),
+            method: Some("GET".into()),
+            url: Some(format!("{}/echo", svc.origin())),
+            query_env: [("token".to_owned(), token)].into(),
+            allow_private_targets: true,
+            ..Default::default()
+        },
+        ActionSettings {
+            name: "redirected".into(),
+            kind: "http".into(),
+            url: Some(format!("{}/elsewhere", svc.origin())),
+            json: Some(serde_json::json!({"receipt": "{{ receipt }}"})),
+            allow_private_targets: true,
+            ..Default::default()
+        },
+    ];
+    let Some(app) = TestApp::spawn(backend, |s| s.actions = actions).await else {
+        return;
+    };
+    let mut bare: Value = serde_json::from_str(&plaintext(
+        "BARE0001",
+        "SALE",
+        "2026-11-20T10:00:00-08:00",
+        1,
+    ))
+    .unwrap();
+    bare.as_object_mut().unwrap().remove("customer");
+    assert_eq!(app.post_ins(envelope(KEY, &bare.to_string())).await.0, 200);
+    let all = finished(&app, 4).await;
+    let by = |name: &str| all.iter().find(|r| r.action == name).unwrap().clone();
+    for skipped in ["postback", "hubspot"] {
+        assert_eq!(
+            by(skipped).status,
+            "done",
+            "{skipped}: nothing to send is done"
+        );
+        assert!(svc.calls(skipped).is_empty(), "{skipped} sent nothing");
+    }
+    let echo = by("echo");
+    assert_eq!(echo.status, "failed");
+    let error = echo.last_error.unwrap();
+    assert!(
+        error.contains("400") && error.contains("bad request"),
+        "the answer's start: {error}"
+    );
+    assert!(!error.contains("tok-0123456789"), "{error}");
+    assert!(error.contains("[secret]"), "{error}");
+    let redirected = by("redirected");
+    assert_eq!(redirected.status, "failed");
+    assert!(
+        redirected.last_error.unwrap().contains("302"),
+        "not followed to another origin"
+    );
+    app.stop().await;
+}
+
 crate::on_both_backends!(every_preset_sends_what_its_service_documents);
 
 mod sqlite_only {
@@ -396,6 +466,11 @@ mod sqlite_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn actions_reach_only_public_addresses() {
         actions_reach_only_public_addresses_unless_allowed(Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conditions_secrets_and_redirects_behave() {
+        conditions_secrets_and_redirects(Backend::Sqlite).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

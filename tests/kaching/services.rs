@@ -58,6 +58,10 @@ impl Services {
             .route("/{version}/{pixel}/events", post(facebook))
             .route("/mp/collect", post(ga4))
             .route("/postback", get(postback))
+            // Not a service: an API that echoes the request in its error, and
+            // one that redirects elsewhere.
+            .route("/echo", get(echo))
+            .route("/elsewhere", post(elsewhere))
             .with_state(shared.clone());
         let addr = crate::target::serve(app).await;
         Services { addr, shared }
@@ -470,6 +474,14 @@ async fn postback(
         p,
         "OK".into_response(),
     )
+}
+
+async fn echo(uri: axum::http::Uri) -> Response {
+    (StatusCode::BAD_REQUEST, format!("bad request: GET {uri}")).into_response()
+}
+
+async fn elsewhere() -> Response {
+    (StatusCode::FOUND, [("location", "http://192.0.2.1/stolen")]).into_response()
 }
 
 struct Json200(Value);

@@ -37,6 +37,23 @@ impl Templates {
         Ok(name)
     }
 
+    /// A condition (`only_if`): one `{{ expression }}` is true or false as
+    /// minijinja's `if` takes it; other text holds when it renders to
+    /// something but `false`, `none` or `0`.
+    pub fn condition(&mut self, key: String, source: &str) -> Result<Text, ConfigError> {
+        let source = match single_expression(source) {
+            Some(expr) => format!("{{% if ({expr}) %}}1{{% endif %}}"),
+            None => source.to_owned(),
+        };
+        self.add(key, source).map(Text)
+    }
+
+    pub fn holds(&self, t: &Text, ctx: &Value) -> Result<bool, String> {
+        let v = self.render(t, ctx)?;
+        let v = v.trim().to_ascii_lowercase();
+        Ok(!matches!(v.as_str(), "" | "false" | "none" | "0"))
+    }
+
     pub fn render(&self, t: &Text, ctx: &Value) -> Result<String, String> {
         self.env
             .get_template(&t.0)

@@ -44,6 +44,8 @@ pub struct Http {
     /// Secret query parameters and headers, and the `Authorization`.
     secret_query: Vec<(String, SecretString)>,
     secret_headers: HeaderMap,
+    /// Every secret value, masked in what a run keeps of an answer.
+    secrets: Vec<SecretString>,
     templates: Templates,
     client: reqwest::Client,
     allow_private: bool,
@@ -103,6 +105,10 @@ impl Http {
             }
             (!secret).then(|| url.origin().ascii_serialization())
         };
+        let mut secrets: Vec<SecretString> = Vec::new();
+        if secret {
+            secrets.push(SecretString::from(url_source.clone()));
+        }
         let url = templates.text(key("url"), &url_source)?;
         let method = match s
             .method
@@ -160,10 +166,12 @@ impl Http {
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let query = templates.pairs(&key("query"), &s.query)?;
+        // `only_if = ""` switches a preset's condition off.
         let only_if = s
             .only_if
             .as_deref()
-            .map(|t| templates.text(key("only_if"), t))
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| templates.condition(key("only_if"), t))
             .transpose()?;
         let env = |var: &str, k: String| {
             std::env::var(var)
@@ -175,7 +183,9 @@ impl Http {
             let k = format!("{}.{name}", key("headers_env"));
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(k.clone(), "is not a header name"))?;
-            secret_headers.insert(n, sensitive(env(var, k.clone())?, &k)?);
+            let value = env(var, k.clone())?;
+            secret_headers.insert(n, sensitive(value.clone(), &k)?);
+            secrets.push(value);
         }
         let bearer = secret_from(
             &s.bearer_env,
@@ -189,6 +199,7 @@ impl Http {
             (&key("basic_password_env"), &key("basic_password_file")),
         )?
         .map(SecretString::from);
+        secrets.extend(bearer.iter().chain(password.iter()).cloned());
         let authorization = match (bearer, &s.basic_user, password) {
             (None, None, None) => None,
             (Some(token), None, None) => Some(format!("Bearer {}", token.expose_secret())),
@@ -235,6 +246,17 @@ impl Http {
                 ))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        secrets.extend(secret_query.iter().map(|(_, v)| v.clone()));
+        // As sent in a query string, too.
+        let encoded: Vec<SecretString> = secrets
+            .iter()
+            .map(|s| {
+                form_urlencoded::byte_serialize(s.expose_secret().as_bytes()).collect::<String>()
+            })
+            .map(SecretString::from)
+            .collect();
+        secrets.extend(encoded);
+        secrets.retain(|s| s.expose_secret().len() >= 4);
         let client = outbound::client(Duration::from_millis(s.timeout_ms), s.allow_private_targets)
             .map_err(|e| invalid(key("url"), format!("cannot build an HTTP client: {e}")))?;
         Ok(Http {
@@ -248,6 +270,7 @@ impl Http {
             vars: s.vars.clone(),
             secret_query,
             secret_headers,
+            secrets,
             templates,
             client,
             allow_private: s.allow_private_targets,
@@ -261,8 +284,9 @@ impl Http {
             Ok(None) => return Outcome::Done,
             Err(error) => return Outcome::Failed { error },
         };
+        let secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose_secret()).collect();
         match request.send().await {
-            Ok(response) => outbound::outcome(response).await,
+            Ok(response) => outbound::outcome(response, &secrets).await,
             Err(e) => outbound::transport(e),
         }
     }
@@ -271,12 +295,14 @@ impl Http {
     fn request(&self, event: &Event) -> Result<Option<reqwest::RequestBuilder>, String> {
         let ctx = super::template::context(event, &self.vars);
         if let Some(t) = &self.only_if {
-            let v = self.templates.render(t, &ctx)?;
-            if matches!(v.trim(), "" | "false" | "none") {
+            if !self.templates.holds(t, &ctx)? {
                 return Ok(None);
             }
         }
         let text = self.templates.render(&self.url, &ctx)?;
+        if has_dot_segment(&text) {
+            return Err("the URL template gave a path with a `.` or `..` segment".into());
+        }
         let mut url = reqwest::Url::parse(text.trim())
             .map_err(|_| "the URL template did not give a URL".to_owned())?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -299,6 +325,14 @@ impl Http {
             .client
             .request(self.method.clone(), url)
             .header("kaching-event-id", event.id());
+        let own_type = self.headers.iter().any(|(n, _)| n == CONTENT_TYPE);
+        let content_type = |r: reqwest::RequestBuilder, v: HeaderValue| {
+            if own_type {
+                r
+            } else {
+                r.header(CONTENT_TYPE, v)
+            }
+        };
         for (name, t) in &self.headers {
             let v = self.templates.render(t, &ctx)?;
             let v = HeaderValue::from_str(v.trim())
@@ -311,26 +345,37 @@ impl Http {
             Body::Json(node) => {
                 let doc = self.templates.render_json(node, &ctx)?;
                 let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
-                request.header(CONTENT_TYPE, "application/json").body(bytes)
+                content_type(request, HeaderValue::from_static("application/json")).body(bytes)
             }
             Body::Form(pairs) => {
                 let pairs = self.templates.render_pairs(pairs, &ctx)?;
                 let encoded = form_urlencoded::Serializer::new(String::new())
                     .extend_pairs(pairs)
                     .finish();
-                request
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(encoded)
+                content_type(
+                    request,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                )
+                .body(encoded)
             }
             Body::Raw {
                 template,
-                content_type,
-            } => request
-                .header(CONTENT_TYPE, content_type.clone())
-                .body(self.templates.render(template, &ctx)?),
+                content_type: ct,
+            } => content_type(request, ct.clone()).body(self.templates.render(template, &ctx)?),
         };
         Ok(Some(request))
     }
+}
+
+/// Does the path of a rendered URL hold a `.` or `..` segment (also
+/// percent-encoded), which parsing would resolve into another path?
+fn has_dot_segment(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    path.split('/').skip(1).any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
 }
 
 /// A header value marked sensitive (left out of debug output).
