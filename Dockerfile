@@ -60,9 +60,10 @@ ENV KACHING__SERVER__LISTEN=0.0.0.0:8443
 EXPOSE 8443
 VOLUME /var/lib/kaching
 
-# No HEALTHCHECK: the image has no HTTP client. Probe GET /healthz (process up)
-# and GET /readyz (database reachable) from outside, over HTTPS unless
-# tls.mode = "off".
+# The daemon checks itself: GET /readyz on its own listener (store reachable
+# and taking commits). compose.yaml uses the same.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["kaching", "health", "--ready"]
 
 USER kaching
 ENTRYPOINT ["kaching"]

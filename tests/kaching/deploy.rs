@@ -96,13 +96,30 @@ async fn the_daemon_reports_ready_then_stopping_to_systemd() {
         .spawn()
         .unwrap();
     let got = receive(&socket, "READY=1", Duration::from_secs(20));
-    // Ready means serving: the health check answers at once.
+    // Ready means serving: the health check answers at once, and so does
+    // `kaching health --ready` (a container's HEALTHCHECK).
     let r = reqwest::get(format!("{}/healthz", d.base)).await.unwrap();
     assert_eq!(r.status(), 200, "{got:?}");
+    let health = || {
+        Command::new(env!("CARGO_BIN_EXE_kaching"))
+            .args(["--config", d.cfg.to_str().unwrap(), "health", "--ready"])
+            .output()
+            .unwrap()
+    };
+    let up = health();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(String::from_utf8_lossy(&up.stdout).contains("/readyz"));
     Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status()
         .unwrap();
     receive(&socket, "STOPPING=1", Duration::from_secs(10));
     assert!(daemon.wait().unwrap().success());
+    let down = health();
+    assert!(!down.status.success(), "nothing answers: non-zero");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("nothing answers"));
 }
