@@ -43,6 +43,10 @@ pub enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Check what is commonly wrong (configuration, database, keys,
+    /// certificate, listen address, clock, file permissions, action
+    /// targets) and say how to fix each. Exit status 1 on any problem.
+    Doctor,
     /// Apply the database migrations and exit.
     Migrate,
     /// Load and validate the configuration, print it with secrets redacted.
@@ -328,6 +332,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health { ready } => {
             let settings = Settings::load(cli.config.as_deref())?;
             println!("{}", crate::doctor::health(&settings, *ready).await?);
+            Ok(())
+        }
+        Command::Doctor => {
+            let findings = crate::doctor::doctor(cli.config.as_deref()).await;
+            let mut failed = 0;
+            for f in &findings {
+                let mark = match f.verdict {
+                    crate::doctor::Verdict::Ok => "ok  ",
+                    crate::doctor::Verdict::Warn => "warn",
+                    crate::doctor::Verdict::Fail => {
+                        failed += 1;
+                        "FAIL"
+                    }
+                };
+                println!("{mark}  {:<12} {}", f.check, f.detail);
+                if let (Some(fix), false) = (&f.fix, f.verdict == crate::doctor::Verdict::Ok) {
+                    println!("      {:<12} fix: {fix}", "");
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} problem(s) found");
+            println!("no problems found");
             Ok(())
         }
         Command::CheckConfig => {

@@ -25,6 +25,7 @@ use crate::store::{ActionRef, AlertPhase, AlertRow, RunOutcome, StoredNotificati
 
 pub use dispatcher::Dispatcher;
 pub use event::Event;
+pub use outbound::non_public;
 
 /// The longest a retry waits (before jitter), whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);

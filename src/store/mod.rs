@@ -626,6 +626,26 @@ impl Store {
         .await?))
     }
 
+    /// Migrations not applied yet (`kaching doctor`).
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        match self {
+            Store::Postgres(s) => s.pending_migrations().await,
+            Store::Sqlite(s) => s.pending_migrations().await,
+        }
+    }
+
+    /// The database server's clock; `None` for SQLite (this machine's).
+    pub async fn server_time(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self {
+            Store::Postgres(s) => Ok(Some(
+                sqlx::query_scalar("SELECT now()")
+                    .fetch_one(s.pool())
+                    .await?,
+            )),
+            Store::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// A small durable commit, on the same path as the notifications'
     /// (SQLite: the write lock, a full-sync commit): can the database still
     /// take commits? A read alone says nothing about a full disk.

@@ -326,7 +326,9 @@ async fn the_demo_historys_spiking_product_fires_and_a_long_silence_fires(backen
     let a = alerts_of(&app.store, "refunds").await;
     let subjects: Vec<&str> = a.iter().map(|a| a.subject.as_str()).collect();
     assert_eq!(subjects, ["acme product 3"], "{a:#?}");
-    assert_eq!(fired.len(), 1);
+    // Fired by this evaluation, or already by the daemon's own timer (the
+    // demo's 150 days take longer than its first tick): once either way.
+    assert!(fired.len() <= 1, "{fired:#?}");
     let m = &a[0].message;
     assert!(
         m.contains("Sleep Reset Masterclass") && m.contains("expected"),

@@ -19,6 +19,7 @@ mod dashboard;
 mod dashboard_browser;
 mod demo;
 mod deploy;
+mod doctor;
 mod faults;
 mod ingest;
 mod integrations;
