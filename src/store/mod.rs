@@ -628,10 +628,21 @@ impl Store {
 
     /// Migrations not applied yet (`kaching doctor`).
     pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
-        match self {
-            Store::Postgres(s) => s.pending_migrations().await,
-            Store::Sqlite(s) => s.pending_migrations().await,
-        }
+        let migrator = match self {
+            Store::Postgres(_) => PgStore::migrator(),
+            Store::Sqlite(_) => SqliteStore::migrator(),
+        };
+        // No table yet: none applied.
+        let applied: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default());
+        Ok(migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .count())
     }
 
     /// The database server's clock; `None` for SQLite (this machine's).

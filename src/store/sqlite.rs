@@ -114,17 +114,9 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Migrations this database has not applied (all, before the first).
-    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-        Ok(MIGRATOR
-            .iter()
-            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
-            .count())
+    /// The migrations of this backend.
+    pub(super) fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
     }
 
     /// One transaction, one commit, and few statements: sqlx hands every
