@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     }];
     // Genuine posts never fail; refused ones must not be rate-limited here.
-    s.security.max_auth_failures_per_minute = u32::MAX;
+    s.security.max_failures_per_minute = u32::MAX;
     let app = App::build(&s).await?;
     let listener = tokio::net::TcpListener::bind(s.server.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);

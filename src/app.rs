@@ -220,13 +220,20 @@ impl App {
                 let caps = http::connections::Caps {
                     total: ADMIN_MAX_CONNECTIONS,
                     per_ip: ADMIN_MAX_CONNECTIONS,
+                    // A dashboard page makes a few requests at once, a scraper one.
+                    in_flight: ADMIN_MAX_CONNECTIONS * 4,
+                    in_flight_per_ip: ADMIN_MAX_CONNECTIONS * 4,
                     nofile: None,
                 };
                 Some(AdminServer {
                     router: admin::router(Arc::new(state)),
                     // Plain HTTP on loopback; the INS listener's certificate elsewhere.
                     tls: if a.tls() { tls.clone() } else { None },
-                    limits: Arc::new(http::connections::Limits::new(settings, caps)),
+                    limits: Arc::new(http::connections::Limits::new(
+                        settings,
+                        caps,
+                        metrics.clone(),
+                    )),
                 })
             }
         };
@@ -247,7 +254,11 @@ impl App {
         let reloader = Reloader::new(settings, live, certs, metrics.clone());
         let router = http::router(settings, state.clone());
         let caps = http::connections::caps(settings);
-        let limits = Arc::new(http::connections::Limits::new(settings, caps));
+        let limits = Arc::new(http::connections::Limits::new(
+            settings,
+            caps,
+            metrics.clone(),
+        ));
         Ok(App {
             state,
             writers,

@@ -99,6 +99,12 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Open connections from one source address (`security.trusted_proxies` are exempt).
     pub max_connections_per_ip: usize,
+    /// Requests being served at once, in all; beyond it a request is answered
+    /// 503 with `Retry-After` at once (ClickBank retries) instead of queueing.
+    pub max_in_flight: usize,
+    /// Requests being served at once from one peer address
+    /// (`security.trusted_proxies` are exempt).
+    pub max_in_flight_per_ip: usize,
 }
 
 impl Default for ServerSettings {
@@ -127,6 +133,11 @@ impl Default for ServerSettings {
             // behind one NAT address while one address cannot take the
             // whole budget (1,024 descriptors by default under systemd).
             max_connections_per_ip: 256,
+            // A request in flight holds its body (at most max_body_bytes) and
+            // waits for a commit; 1,024 of them is 64 MiB at most, and several
+            // times what group commit needs to reach its full rate.
+            max_in_flight: 1024,
+            max_in_flight_per_ip: 256,
         }
     }
 }
@@ -287,10 +298,14 @@ pub struct SecuritySettings {
     /// Rejected posts kept for `kaching rejected`; older ones are dropped so
     /// that a flood of forged posts cannot fill the disk.
     pub rejected_max_rows: u32,
-    /// Legacy cverify failures allowed per source address per minute before
-    /// its legacy posts get 429: a cverify is only 32 bits. AES envelopes and
-    /// HMAC signatures cannot be guessed, so they are never limited.
-    pub max_auth_failures_per_minute: u32,
+    /// Failed posts (of any form: refused, unreadable, unrecognised, for an
+    /// unknown account) allowed per source address per minute. Past it, that
+    /// address's failures get a cheap 429 (not kept, not logged one by one),
+    /// and its legacy posts get 429 before any check, since a `cverify` is
+    /// only 32 bits. Its AES envelopes and HMAC posts are still checked, so a
+    /// forger sharing an address with ClickBank cannot lock ClickBank out.
+    #[serde(alias = "max_auth_failures_per_minute")]
+    pub max_failures_per_minute: u32,
 }
 
 impl Default for SecuritySettings {
@@ -299,7 +314,7 @@ impl Default for SecuritySettings {
             allowed_ips: Vec::new(),
             trusted_proxies: Vec::new(),
             rejected_max_rows: 10_000,
-            max_auth_failures_per_minute: 60,
+            max_failures_per_minute: 60,
         }
     }
 }
@@ -831,6 +846,12 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if s.max_in_flight == 0 {
+            return Err(invalid("server.max_in_flight", "must be at least 1"));
+        }
+        if s.max_in_flight_per_ip == 0 {
+            return Err(invalid("server.max_in_flight_per_ip", "must be at least 1"));
+        }
         match self.tls.mode {
             TlsMode::Files => match (&self.tls.cert_path, &self.tls.key_path) {
                 (None, _) => {
@@ -871,9 +892,9 @@ impl Settings {
         if db.commit_timeout_ms == 0 {
             return Err(invalid("database.commit_timeout_ms", "must be positive"));
         }
-        if self.security.max_auth_failures_per_minute == 0 {
+        if self.security.max_failures_per_minute == 0 {
             return Err(invalid(
-                "security.max_auth_failures_per_minute",
+                "security.max_failures_per_minute",
                 "must be at least 1",
             ));
         }

@@ -66,6 +66,14 @@ struct AccountLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CapLabel {
+    cap: &'static str,
+}
+
+/// The caps a request can be shed by (`http::connections::Shed::as_str`).
+pub const SHED_CAPS: [&str; 2] = ["server.max_in_flight", "server.max_in_flight_per_ip"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -94,6 +102,11 @@ pub struct Metrics {
     config_reload_failures: Counter,
     /// `[account index]`: Orders API calls, orders recovered, failed runs.
     reconcile: Vec<[Counter; 3]>,
+    /// By [`SHED_CAPS`] index.
+    shed: [Counter; 2],
+    connections_refused: Counter,
+    connections_evicted: Counter,
+    panics: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -285,9 +298,39 @@ impl Metrics {
             failed,
         );
 
+        let shed_family = Family::<CapLabel, Counter>::default();
+        let shed = SHED_CAPS.map(|cap| shed_family.get_or_create(&CapLabel { cap }).clone());
+        registry.register(
+            "http_requests_shed",
+            "Requests answered 503 with Retry-After at once because a cap on requests in flight was reached, by cap",
+            shed_family,
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at accept: a connection cap was reached and no idle connection could make room",
+            connections_refused.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "http_connections_evicted",
+            "Idle connections closed to make room for a new one under a connection cap",
+            connections_evicted.clone(),
+        );
+        let panics = Counter::default();
+        registry.register(
+            "http_panics",
+            "Requests whose handler panicked (answered 500; a bug: please report it)",
+            panics.clone(),
+        );
+
         Metrics {
             registry,
             reconcile,
+            shed,
+            connections_refused,
+            connections_evicted,
+            panics,
             notifications,
             account_index,
             action_index: actions
@@ -397,6 +440,26 @@ impl Metrics {
     }
 
     /// For live reload: a reload took effect (`ok`) or was refused.
+    /// A request shed by `cap` (one of [`SHED_CAPS`]).
+    pub fn shed(&self, cap: &str) {
+        if let Some(i) = SHED_CAPS.iter().position(|c| *c == cap) {
+            self.shed[i].inc();
+        }
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.inc();
+    }
+
+    /// A request whose handler panicked.
+    pub fn panicked(&self) {
+        self.panics.inc();
+    }
+
     pub fn config_reload(&self, ok: bool) {
         if ok {
             self.config_reloads.inc();
@@ -457,6 +520,11 @@ mod tests {
             "kaching_rejected_posts_dropped_total 0",
             "kaching_config_reloads_total 0",
             "kaching_config_reload_failures_total 0",
+            r#"kaching_http_requests_shed_total{cap="server.max_in_flight"} 0"#,
+            r#"kaching_http_requests_shed_total{cap="server.max_in_flight_per_ip"} 0"#,
+            "kaching_http_connections_refused_total 0",
+            "kaching_http_connections_evicted_total 0",
+            "kaching_http_panics_total 0",
         ] {
             assert!(line(&text, name).is_some(), "{name} in {text}");
         }

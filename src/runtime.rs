@@ -44,8 +44,8 @@ pub struct Runtime {
     pub data_keys: Option<Arc<DataKeys>>,
     /// Bound on one commit (and on `/readyz`'s probe).
     pub commit_timeout: Duration,
-    /// Legacy `cverify` failures allowed per address per minute.
-    pub max_auth_failures_per_minute: u32,
+    /// Failed posts allowed per address per minute.
+    pub max_failures_per_minute: u32,
 }
 
 /// The runtime in force, swapped whole by a reload. Readers take a
@@ -98,7 +98,7 @@ impl Runtime {
             alerts: Arc::new(Rules::build(&settings.alerts, &actions)?),
             actions: Arc::new(actions),
             commit_timeout: Duration::from_millis(settings.database.commit_timeout_ms),
-            max_auth_failures_per_minute: settings.security.max_auth_failures_per_minute,
+            max_failures_per_minute: settings.security.max_failures_per_minute,
         })
     }
 

@@ -107,6 +107,50 @@ impl Target {
         let tcp = TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("connect {}", self.addr))?;
+        self.over(tcp).await
+    }
+
+    /// [`Target::connect`] from a local address of this machine's choosing
+    /// (another 127.0.0.0/8 address is another sender to the daemon).
+    #[allow(dead_code)] // flood-bench
+    pub async fn connect_from(&self, from: std::net::IpAddr) -> anyhow::Result<Sender> {
+        self.over(self.tcp_from(from).await?).await
+    }
+
+    /// A bare TCP connection from `from` (no TLS, no HTTP).
+    #[allow(dead_code)] // flood-bench
+    pub async fn tcp_from(&self, from: std::net::IpAddr) -> anyhow::Result<TcpStream> {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .context("socket")?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .with_context(|| format!("bind {from}"))?;
+        socket
+            .connect(self.addr)
+            .await
+            .with_context(|| format!("connect {} from {from}", self.addr))
+    }
+
+    /// The TLS session (if https) over `tcp`, as a stream.
+    #[allow(dead_code)] // flood-bench
+    pub async fn tls_over(
+        &self,
+        tcp: TcpStream,
+    ) -> anyhow::Result<Option<tokio_rustls::client::TlsStream<TcpStream>>> {
+        match &self.tls {
+            Some(tls) => Ok(Some(
+                tls.connect(self.server_name.clone(), tcp)
+                    .await
+                    .context("TLS handshake")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    async fn over(&self, tcp: TcpStream) -> anyhow::Result<Sender> {
         tcp.set_nodelay(true).context("TCP_NODELAY")?;
         match &self.tls {
             Some(tls) => {

@@ -85,7 +85,7 @@ fn run_prefix() -> String {
 
 /// A v6.0 plaintext in ClickBank's field order and number format, about
 /// 1 KiB like real ones.
-fn plaintext(out: &mut String, time: &str, receipt: &str, attempt: u32) {
+pub fn plaintext(out: &mut String, time: &str, receipt: &str, attempt: u32) {
     use std::fmt::Write as _;
     out.clear();
     let _ = write!(

@@ -1,13 +1,16 @@
 //! Open connections: what each is doing (requests in flight, last activity),
-//! the caps on how many may be open (in all and per source address), and
-//! which idle one makes room when a cap is reached.
+//! the caps on how many may be open and how many requests may be in flight
+//! (in all and per source address), and which idle connection makes room
+//! when a connection cap is reached. A request past an in-flight cap is shed:
+//! answered 503 with `Retry-After` at once (see [`super::server`]).
 //!
-//! The request path touches only the connection's own atomics; the shared
-//! registry is locked once when a connection opens and once when it closes.
+//! The request path touches only atomics (its connection's, its address's and
+//! the total); the shared registry is locked once when a connection opens and
+//! once when it closes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 
 /// Descriptors kept out of the connection budget for everything else: stdio,
 /// the runtime's epoll and wake-up descriptors, the listener, SQLite's
@@ -41,6 +45,9 @@ const FDS_PER_ACTION_SLOT: u64 = 3;
 pub struct Caps {
     pub total: usize,
     pub per_ip: usize,
+    /// Requests in flight, in all and per source address.
+    pub in_flight: usize,
+    pub in_flight_per_ip: usize,
     /// The soft open-file limit after raising it, if it could be read.
     pub nofile: Option<u64>,
 }
@@ -93,14 +100,20 @@ pub fn caps(settings: &Settings) -> Caps {
         );
     }
     let per_ip = settings.server.max_connections_per_ip.min(total);
+    let in_flight = settings.server.max_in_flight;
+    let in_flight_per_ip = settings.server.max_in_flight_per_ip.min(in_flight);
     tracing::info!(
         max_connections = total,
         max_connections_per_ip = per_ip,
+        max_in_flight = in_flight,
+        max_in_flight_per_ip = in_flight_per_ip,
         "http: connection limits"
     );
     Caps {
         total,
         per_ip,
+        in_flight,
+        in_flight_per_ip,
         nofile,
     }
 }
@@ -117,6 +130,32 @@ pub struct Conn {
     last_active_ms: AtomicU64,
     served: AtomicBool,
     evict: Notify,
+    /// Requests in flight from this connection's address (shared by all of
+    /// its connections), and the cap on them (`u32::MAX` when exempt).
+    peer_in_flight: Arc<AtomicU32>,
+    peer_cap: u32,
+    /// Requests in flight on every connection, and the cap on them.
+    total_in_flight: Arc<AtomicUsize>,
+    total_cap: usize,
+}
+
+/// Why a request was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// `server.max_in_flight`.
+    Total,
+    /// `server.max_in_flight_per_ip`.
+    PerIp,
+}
+
+impl Shed {
+    /// Also the metric's label: one of [`crate::metrics::SHED_CAPS`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shed::Total => crate::metrics::SHED_CAPS[0],
+            Shed::PerIp => crate::metrics::SHED_CAPS[1],
+        }
+    }
 }
 
 impl Conn {
@@ -132,14 +171,24 @@ impl Conn {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    /// Marks a request in flight until the guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// Marks a request in flight until the guard is dropped, or says which
+    /// cap it would exceed (then nothing stays counted).
+    pub fn begin(self: &Arc<Self>) -> Result<InFlight, Shed> {
+        let total = self.total_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let peer = self.peer_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         if !self.served.load(Ordering::Relaxed) {
             self.served.store(true, Ordering::Relaxed);
         }
         self.touch();
-        InFlight(self.clone())
+        let guard = InFlight(self.clone());
+        if peer > self.peer_cap {
+            return Err(Shed::PerIp);
+        }
+        if total > self.total_cap {
+            return Err(Shed::Total);
+        }
+        Ok(guard)
     }
 
     /// When this connection is to be closed for idleness if nothing happens
@@ -181,14 +230,23 @@ impl Drop for InFlight {
         // Touch first, so whoever sees zero requests also sees the fresh time.
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.peer_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.total_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// One source address's open connections, oldest first (ids grow with
+/// time), and its requests in flight.
+#[derive(Debug, Default)]
+struct Peer {
+    conns: BTreeMap<u64, Arc<Conn>>,
+    in_flight: Arc<AtomicU32>,
 }
 
 #[derive(Debug, Default)]
 struct Registry {
     next_id: u64,
-    /// Open connections by address, oldest first (ids grow with time).
-    by_ip: HashMap<IpAddr, BTreeMap<u64, Arc<Conn>>>,
+    by_ip: HashMap<IpAddr, Peer>,
     /// (open connections, address), to find the heaviest address.
     by_load: BTreeSet<(usize, IpAddr)>,
     /// Connections in `by_ip`.
@@ -199,7 +257,7 @@ struct Registry {
 
 impl Registry {
     fn count(&self, ip: IpAddr) -> usize {
-        self.by_ip.get(&ip).map_or(0, BTreeMap::len)
+        self.by_ip.get(&ip).map_or(0, |p| p.conns.len())
     }
 
     fn insert(&mut self, conn: Arc<Conn>) {
@@ -207,13 +265,17 @@ impl Registry {
         let n = self.count(ip);
         self.by_load.remove(&(n, ip));
         self.by_load.insert((n + 1, ip));
-        self.by_ip.entry(ip).or_default().insert(conn.id, conn);
+        self.by_ip
+            .entry(ip)
+            .or_default()
+            .conns
+            .insert(conn.id, conn);
         self.live += 1;
     }
 
     /// Removes a live connection; false if it was not (any more) registered.
     fn remove(&mut self, ip: IpAddr, id: u64) -> bool {
-        let Some(conns) = self.by_ip.get_mut(&ip) else {
+        let Some(conns) = self.by_ip.get_mut(&ip).map(|p| &mut p.conns) else {
             return false;
         };
         let n = conns.len();
@@ -232,7 +294,12 @@ impl Registry {
 
     /// The oldest connection of `ip` with no request in flight.
     fn oldest_idle_of(&self, ip: IpAddr) -> Option<Arc<Conn>> {
-        self.by_ip.get(&ip)?.values().find(|c| c.is_idle()).cloned()
+        self.by_ip
+            .get(&ip)?
+            .conns
+            .values()
+            .find(|c| c.is_idle())
+            .cloned()
     }
 
     /// The oldest idle connection of the address holding the most: a flood
@@ -280,13 +347,19 @@ pub struct Limits {
     pub idle: Duration,
     epoch: Instant,
     registry: Mutex<Registry>,
+    in_flight: Arc<AtomicUsize>,
     evicted: AtomicU64,
     refused: AtomicU64,
+    shed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Limits {
-    pub fn new(settings: &Settings, caps: Caps) -> Limits {
+    pub fn new(settings: &Settings, caps: Caps, metrics: Arc<Metrics>) -> Limits {
         Limits {
+            in_flight: Arc::default(),
+            shed: AtomicU64::new(0),
+            metrics,
             caps,
             exempt: settings.security.trusted_proxies.clone(),
             first_request: Duration::from_millis(settings.server.first_request_timeout_ms),
@@ -342,6 +415,7 @@ impl Limits {
             }
         }
         reg.next_id += 1;
+        let peer_in_flight = reg.by_ip.entry(ip).or_default().in_flight.clone();
         let conn = Arc::new(Conn {
             id: reg.next_id,
             ip,
@@ -350,6 +424,14 @@ impl Limits {
             last_active_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             evict: Notify::new(),
+            peer_in_flight,
+            peer_cap: if exempt {
+                u32::MAX
+            } else {
+                u32::try_from(self.caps.in_flight_per_ip).unwrap_or(u32::MAX)
+            },
+            total_in_flight: self.in_flight.clone(),
+            total_cap: self.caps.in_flight,
         });
         conn.touch();
         reg.insert(conn.clone());
@@ -360,6 +442,7 @@ impl Limits {
     }
 
     fn note_eviction(&self, ip: IpAddr, victim: &Conn, cap: Cap) {
+        self.metrics.connection_evicted();
         tracing::debug!(peer = %ip, victim = %victim.ip, cap = cap.as_str(), "http: closing an idle connection to make room");
         // A flood must not flood the log too: say so at 1, 2, 4, 8… events.
         let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
@@ -372,7 +455,27 @@ impl Limits {
         }
     }
 
+    /// Notes a request answered 503 because of `why`.
+    pub fn shed(&self, ip: IpAddr, why: Shed) {
+        self.metrics.shed(why.as_str());
+        tracing::debug!(peer = %ip, cap = why.as_str(), "http: request shed: answered 503");
+        let n = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                shed = n,
+                cap = why.as_str(),
+                "http: too many requests in flight; answering 503 with Retry-After"
+            );
+        }
+    }
+
+    /// The metrics these limits count into (for the request path's panics).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn refuse(&self, ip: IpAddr, cap: Cap) {
+        self.metrics.connection_refused();
         tracing::debug!(peer = %ip, cap = cap.as_str(), "http: connection refused: limit reached and none idle");
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {
@@ -426,8 +529,11 @@ mod tests {
             Caps {
                 total,
                 per_ip,
+                in_flight: 3,
+                in_flight_per_ip: 2,
                 nofile: None,
             },
+            Arc::default(),
         ))
     }
 
@@ -463,8 +569,8 @@ mod tests {
         let l = limits(100, 2, &[]);
         let a1 = l.admit(ip("10.0.0.1")).unwrap();
         let a2 = l.admit(ip("10.0.0.1")).unwrap();
-        let _r1 = a1.conn().begin();
-        let _r2 = a2.conn().begin();
+        let _r1 = a1.conn().begin().unwrap();
+        let _r2 = a2.conn().begin().unwrap();
         assert!(l.admit(ip("10.0.0.1")).is_none());
         assert!(l.admit(ip("10.0.0.2")).is_some());
     }
@@ -525,7 +631,7 @@ mod tests {
         let (first, idle) = (Duration::from_secs(10), Duration::from_secs(15));
         let fresh = c.conn().idle_deadline(first, idle).unwrap();
         assert!(fresh <= Instant::now() + first);
-        let r = c.conn().begin();
+        let r = c.conn().begin().unwrap();
         assert!(c.conn().idle_deadline(first, idle).is_err(), "busy");
         drop(r);
         let after = c.conn().idle_deadline(first, idle).unwrap();
@@ -533,5 +639,33 @@ mod tests {
             after > fresh,
             "idle now counts from the request's end, with the longer limit"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_past_an_in_flight_cap_are_shed_and_leave_nothing_counted() {
+        // in_flight 3 in all, 2 per address.
+        let l = limits(100, 100, &["10.9.0.0/16"]);
+        let a1 = l.admit(ip("10.0.0.1")).unwrap();
+        let a2 = l.admit(ip("10.0.0.1")).unwrap();
+        let b = l.admit(ip("10.0.0.2")).unwrap();
+        let proxy = l.admit(ip("10.9.0.1")).unwrap();
+        let r1 = a1.conn().begin().unwrap();
+        // The address's cap counts every connection of that address.
+        let r2 = a2.conn().begin().unwrap();
+        assert_eq!(a1.conn().begin().unwrap_err(), Shed::PerIp);
+        assert!(!a1.conn().idle_now() && a2.conn().begin().is_err());
+        let rb = b.conn().begin().unwrap();
+        // Three in flight: the total cap sheds another address too, and a
+        // trusted proxy (exempt from the per-address cap only).
+        assert_eq!(proxy.conn().begin().unwrap_err(), Shed::Total);
+        drop((r1, rb));
+        let p1 = proxy.conn().begin().unwrap();
+        let p2 = proxy.conn().begin().unwrap();
+        assert_eq!(b.conn().begin().unwrap_err(), Shed::Total);
+        drop((r2, p1, p2));
+        // Nothing leaked: every connection takes requests again.
+        assert!(a1.conn().idle_now() && a2.conn().idle_now() && b.conn().idle_now());
+        let _again = [a1.conn().begin().unwrap(), a2.conn().begin().unwrap()];
+        assert!(b.conn().begin().is_ok());
     }
 }

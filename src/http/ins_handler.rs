@@ -17,7 +17,8 @@ use super::{client_ip, AppState};
 use crate::ingest::{BodyError, IngestError, Post};
 use crate::store::Recorded;
 
-/// Every 403 is sent no sooner than this after the request's body arrived.
+/// Every 403 (and every 429, which may stand for one) is sent no sooner than
+/// this after the request's body arrived.
 /// The checks behind a 403 take different times (a wrong key fails at the
 /// padding, a right key with bad JSON a few microseconds later, an unknown
 /// account before any decryption); waiting until a fixed instant, on a timer
@@ -118,7 +119,7 @@ async fn receive(
             (StatusCode::OK, "OK").into_response()
         }
         Err(e) => {
-            if e.is_forbidden() {
+            if e.is_forbidden() || matches!(e, IngestError::RateLimited(_)) {
                 tokio::time::sleep_until((started + REFUSAL_FLOOR).into()).await;
             }
             let latency_us = started.elapsed().as_micros() as u64;
@@ -131,6 +132,12 @@ async fn receive(
                 IngestError::Unavailable(cause) => tracing::error!(
                     outcome = e.outcome(), error = %cause, account, %ip, latency_us,
                     "ins: cannot commit; answered 503 so ClickBank retries"
+                ),
+                // Past the address's failure limit: one warning said so, a
+                // line per post would let a flood fill the log.
+                IngestError::RateLimited(_) => tracing::debug!(
+                    outcome = e.outcome(), account, %ip, latency_us,
+                    "ins: refused (failure limit)"
                 ),
                 _ => tracing::warn!(
                     outcome = e.outcome(), reason = %e, account, %ip, latency_us,

@@ -1,8 +1,10 @@
 //! The accept loop: TCP (optionally TLS) connections served by hyper with
 //! the axum router, each request tagged with its peer address; every
 //! connection state bounded in time (handshake, first request, idle), the
-//! number of open connections capped (see [`super::connections`]), and one
-//! graceful shutdown path.
+//! number of open connections and of requests in flight capped (see
+//! [`super::connections`]: a request past a cap is answered 503 with
+//! `Retry-After` before any routing), a panicking handler answered 500 and
+//! counted while the connection goes on, and one graceful shutdown path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::connections::{Conn, Limits, Registration};
+use crate::metrics::Metrics;
 
 /// A client that opens a connection and says nothing is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +37,12 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a graceful close was asked for (idle), how long the connection may
 /// take to say goodbye (an HTTP/2 GOAWAY and its ping) before it is dropped.
 const CLOSE_BOUND: Duration = Duration::from_secs(1);
+/// Streams one HTTP/2 connection may have open; past it the client waits
+/// (its own queue, not kaching's). ClickBank posts over HTTP/1.1.
+const H2_MAX_STREAMS: u32 = 64;
+/// What a shed request is told: ClickBank retries on its own schedule, a
+/// client that honours the header comes back after this.
+const SHED_RETRY_AFTER: &str = "5";
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops
 /// accepting and gives in-flight connections up to `grace` to finish.
@@ -56,8 +65,10 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let builder = Arc::new(builder);
+    let router = catch_panics(router, limits.metrics().clone());
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -158,15 +169,25 @@ async fn serve_one(c: Connection) {
     };
     let service = {
         let state = state.clone();
+        let limits = limits.clone();
         hyper::service::service_fn(
             move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                 let in_flight = state.begin();
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let router = router.clone();
+                let limits = limits.clone();
                 async move {
-                    let response = router.oneshot(req).await;
-                    drop(in_flight);
-                    response
+                    match in_flight {
+                        Ok(in_flight) => {
+                            let response = router.oneshot(req).await;
+                            drop(in_flight);
+                            response
+                        }
+                        Err(why) => {
+                            limits.shed(peer.ip(), why);
+                            Ok(shed())
+                        }
+                    }
                 }
             },
         )
@@ -214,5 +235,95 @@ async fn serve_one(c: Connection) {
     }
 }
 
+/// The answer to a request past an in-flight cap.
+fn shed() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, SHED_RETRY_AFTER)],
+        "overloaded; retry later\n",
+    )
+        .into_response()
+}
+
+/// A handler that panics is a bug, not a reason to drop the connection
+/// unanswered: the panic is logged (its message, which names the code, not
+/// the request), counted, and answered 500; the process serves on.
+fn catch_panics(router: Router, metrics: Arc<Metrics>) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        move |panic: Box<dyn std::any::Any + Send>| {
+            metrics.panicked();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %message, "http: a request handler panicked; answered 500 (a bug: please report it)");
+            use axum::response::IntoResponse as _;
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+            )
+                .into_response()
+        },
+    ))
+}
+
 /// The peer address as seen on the socket.
 pub type Peer = ConnectInfo<SocketAddr>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::http::connections::Caps;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_500_and_the_connection_serves_on() {
+        let metrics = Arc::new(Metrics::default());
+        let caps = Caps {
+            total: 8,
+            per_ip: 8,
+            in_flight: 8,
+            in_flight_per_ip: 8,
+            nofile: None,
+        };
+        let limits = Arc::new(Limits::new(&Settings::default(), caps, metrics.clone()));
+        let router = Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("a bug in a handler");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/fine", axum::routing::get(|| async { "fine" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            router,
+            limits,
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        // One kept-alive connection for all three requests.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap();
+        let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
+        let r = get("/boom").await.unwrap();
+        assert_eq!(r.status(), 500);
+        assert_eq!(r.text().await.unwrap(), "internal error\n");
+        assert_eq!(get("/fine").await.unwrap().text().await.unwrap(), "fine");
+        assert_eq!(get("/boom").await.unwrap().status(), 500);
+        assert!(metrics.encode().contains("kaching_http_panics_total 2"));
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+}

@@ -1,6 +1,9 @@
-//! Per-address limit on authentication failures. A legacy `cverify` is only
-//! 32 bits, so unlimited guessing would forge one in days; genuine ClickBank
-//! posts never fail, so a generous limit costs them nothing.
+//! Per-address limit on failed posts, of every form. A legacy `cverify` is
+//! only 32 bits, so unlimited guessing would forge one in days; and every
+//! failure kept and logged in full costs a write and a line, so one address
+//! flooding forged posts would slow everyone else's. Genuine ClickBank posts
+//! never fail, so a generous limit costs them nothing. In memory only: the
+//! request path never writes for it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

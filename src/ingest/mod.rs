@@ -5,8 +5,9 @@
 //! else assembles these steps.
 //!
 //! In order: source allowlist, candidate accounts, body, form (parsed once,
-//! see [`ins::Recognised`]), the legacy failure limit, authentication (a
-//! failure is kept for `kaching rejected`), the matching actions, the commit
+//! see [`ins::Recognised`]), authentication (a failure is kept for `kaching
+//! rejected` and counted against its address, see [`FailureLimiter`]), the
+//! matching actions, the commit
 //! (group commit, bounded by the commit timeout). After every commit the
 //! pipeline hints the new runs to the dispatcher (a bounded channel that
 //! drops hints when full) and publishes a [`Committed`] on one broadcast
@@ -168,7 +169,41 @@ impl Ingest {
     /// Authenticates and stores one post; Ok only after its commit.
     pub async fn ingest(&self, post: Post<'_>) -> Result<Accepted, IngestError> {
         let runtime = self.runtime.load();
+        let (ip, max) = (post.source_ip, runtime.max_failures_per_minute);
+        // Past its limit, an address's failures are answered cheaply (see `failed`).
+        let blocked = self.limiter.as_ref().and_then(|l| l.blocked(ip, max));
+        let auth = match self.authenticate(&runtime, &post, blocked) {
+            Ok(auth) => auth,
+            Err(e) => return Err(self.failed(ip, max, blocked, e)),
+        };
+        let key_index = auth.key_index;
+        let (notification, recorded) = self
+            .commit(
+                runtime,
+                auth.account,
+                auth.form,
+                auth.notification,
+                Some(ip),
+                post.received_at,
+            )
+            .await?;
+        Ok(Accepted {
+            notification,
+            key_index,
+            recorded,
+        })
+    }
+
+    /// Every check of a post before its commit. A failure is kept for
+    /// `kaching rejected` unless its address is `blocked` (past its limit).
+    fn authenticate(
+        &self,
+        runtime: &Runtime,
+        post: &Post<'_>,
+        blocked: Option<std::time::Duration>,
+    ) -> Result<ins::Authenticated, IngestError> {
         let ip = post.source_ip;
+        let keep = blocked.is_none();
         if !runtime.allowed_ips.is_empty() && !contains(&runtime.allowed_ips, ip) {
             return Err(IngestError::SourceNotAllowed);
         }
@@ -179,8 +214,8 @@ impl Ingest {
                     // Kept like any refused post (a mistyped account in
                     // ClickBank's URL shows in `kaching rejected`), which also
                     // makes its refusal cost what a wrong key's does.
-                    if let Ok(body) = &post.body {
-                        self.keep(&post, body, "no such account".to_owned(), None);
+                    if let (Ok(body), true) = (&post.body, keep) {
+                        self.keep(post, body, "no such account".to_owned(), None);
                     }
                     return Err(IngestError::UnknownAccount);
                 }
@@ -196,49 +231,49 @@ impl Ingest {
         }
         let body = post.body.as_ref().map_err(|e| IngestError::Body(*e))?;
         let recognised = ins::Recognised::parse(body).ok_or(IngestError::Unrecognised)?;
-        // Only a legacy cverify (32 bits) can be guessed; limiting other forms
-        // would only let a forger lock ClickBank's own posts out.
-        let max_failures = runtime.max_auth_failures_per_minute;
-        let limiter = self
-            .limiter
-            .as_ref()
-            .filter(|_| recognised.form() == BodyForm::LegacyForm);
-        if let Some(wait) = limiter.and_then(|l| l.blocked(ip, max_failures)) {
+        // A legacy cverify is 32 bits: from a blocked address it gets no
+        // answer at all, or guessing would go on. An AES envelope or an HMAC
+        // cannot be guessed, so those are still checked.
+        if let (Some(wait), BodyForm::LegacyForm) = (blocked, recognised.form()) {
             return Err(IngestError::RateLimited(wait));
         }
-        let auth = match recognised.authenticate(body, post.header, &candidates) {
-            Ok(auth) => auth,
-            Err(reason) => {
-                if limiter.is_some_and(|l| l.failed(ip, max_failures)) {
-                    tracing::warn!(%ip, "ins: cverify failure limit reached; answering 429 to legacy posts for the rest of the minute");
+        recognised
+            .authenticate(body, post.header, &candidates)
+            .map_err(|reason| {
+                if keep {
+                    let signature = candidates
+                        .iter()
+                        .filter_map(|a| a.hmac_header.as_deref())
+                        .find_map(post.header);
+                    self.keep(post, body, reason.to_string(), signature);
                 }
-                let signature = candidates
-                    .iter()
-                    .filter_map(|a| a.hmac_header.as_deref())
-                    .find_map(post.header);
-                self.keep(&post, body, reason.to_string(), signature);
-                return Err(IngestError::Rejected(reason));
+                IngestError::Rejected(reason)
+            })
+    }
+
+    /// Counts a failed post against its address: a forger from one address
+    /// cannot make kaching keep, log and answer in full more than `max` of
+    /// its posts a minute. Once `blocked`, its failures become a 429 that
+    /// costs no write and no log line (the 403 it would have been is not told).
+    fn failed(
+        &self,
+        ip: IpAddr,
+        max: u32,
+        blocked: Option<std::time::Duration>,
+        e: IngestError,
+    ) -> IngestError {
+        if matches!(e, IngestError::RateLimited(_) | IngestError::Unavailable(_)) {
+            return e;
+        }
+        if let Some(limiter) = &self.limiter {
+            if limiter.failed(ip, max) {
+                tracing::warn!(%ip, max, "ins: failure limit reached for this address; its failed posts get 429 for the rest of the minute, and its legacy posts are not checked");
             }
-        };
-        let account = auth.account.clone();
-        let key_index = auth.key_index;
-        let form = auth.form;
-        let (notification, recorded) = self
-            .commit(
-                runtime,
-                auth.account,
-                form,
-                auth.notification,
-                Some(ip),
-                post.received_at,
-            )
-            .await?;
-        debug_assert_eq!(notification.account, account);
-        Ok(Accepted {
-            notification,
-            key_index,
-            recorded,
-        })
+        }
+        match blocked {
+            Some(wait) => IngestError::RateLimited(wait),
+            None => e,
+        }
     }
 
     /// Stores an order that reached kaching another way than a post

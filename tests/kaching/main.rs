@@ -30,5 +30,6 @@ mod reconcile;
 mod reload;
 mod risk;
 mod security;
+mod shedding;
 mod store;
 mod store_down;

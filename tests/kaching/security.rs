@@ -1,4 +1,4 @@
-//! Source addresses: allowlists, trusted proxies, the failure limit.
+//! Source addresses: allowlists, trusted proxies, the per-address failure limit.
 
 use crate::on_both_backends;
 use crate::support::{envelope, plaintext, sale, Backend, TestApp, KEY};
@@ -89,13 +89,30 @@ async fn a_per_account_allowlist_limits_only_that_account(backend: Backend) {
     app.stop().await;
 }
 
-async fn repeated_cverify_failures_get_429_and_only_for_legacy_posts(backend: Backend) {
+async fn post_as(
+    client: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    xff: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut req = client
+        .post(format!("{}{path}", app.base))
+        .body(body.to_owned());
+    if let Some(xff) = xff {
+        req = req.header("X-Forwarded-For", xff);
+    }
+    req.send().await.unwrap()
+}
+
+async fn failures_past_the_limit_get_429_from_that_address_only(backend: Backend) {
     let vector: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/legacy_v4_sale.json")).unwrap();
     let secret = vector["secret_key"].as_str().unwrap().to_owned();
     let genuine = vector["http_body"].as_str().unwrap().to_owned();
     let Some(app) = TestApp::spawn(backend, |s| {
-        s.security.max_auth_failures_per_minute = 3;
+        s.security.max_failures_per_minute = 3;
+        s.security.trusted_proxies = nets(&["127.0.0.3/32"]);
         let mut legacy = crate::support::account("legacy", &secret);
         legacy.legacy_cverify = true;
         s.accounts.push(legacy);
@@ -104,30 +121,131 @@ async fn repeated_cverify_failures_get_429_and_only_for_legacy_posts(backend: Ba
     else {
         return;
     };
+    let forger = app.client_from("127.0.0.1");
+    let other = app.client_from("127.0.0.2");
+    let proxy = app.client_from("127.0.0.3");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let forged = |receipt: &str| {
+        envelope(
+            "WRONGKEY00000000",
+            &plaintext(receipt, "SALE", "2026-11-20T10:00:00Z", 1),
+        )
+    };
+    let real =
+        |receipt: &str| envelope(KEY, &plaintext(receipt, "SALE", "2026-11-20T10:00:00Z", 1));
+
     // Guessing a 32-bit cverify: three tries, then 429 for the rest of the minute.
     let guess = |n: u32| genuine.replace("cverify=73707949", &format!("cverify={n:08X}"));
     for n in 0..3 {
-        assert_eq!(app.post_ins(guess(n)).await.0, 403);
+        assert_eq!(
+            status(post_as(&forger, &app, "/ins", None, &guess(n)).await),
+            403
+        );
     }
-    let r = app.post("/ins", guess(3)).await;
+    let r = post_as(&forger, &app, "/ins", None, &guess(3)).await;
     assert_eq!(r.status(), 429);
-    assert!(r.headers().get("retry-after").is_some());
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
     // Even the right cverify gets no answer from this address now: no oracle.
-    assert_eq!(app.post_ins(genuine.clone()).await.0, 429);
-    // Envelopes cannot be guessed, so the limit never locks them out:
-    // neither forged ones nor, above all, ClickBank's own.
-    let forged = envelope(
-        "WRONGKEY00000000",
-        &plaintext("LIMIT001", "SALE", "2026-11-20T10:00:00Z", 1),
+    assert_eq!(
+        status(post_as(&forger, &app, "/ins", None, &genuine).await),
+        429
     );
-    for _ in 0..5 {
-        assert_eq!(app.post_ins(forged.clone()).await.0, 403);
+    // Every other failure from it is a 429 now, whatever its form…
+    for (path, body) in [
+        ("/ins", forged("LIMIT001")),
+        ("/ins", "not an INS body".to_owned()),
+        ("/ins/nosuch", real("LIMIT002")),
+    ] {
+        assert_eq!(
+            status(post_as(&forger, &app, path, None, &body).await),
+            429,
+            "{path} {body}"
+        );
     }
-    let real = envelope(
-        KEY,
-        &plaintext("LIMIT002", "SALE", "2026-11-20T10:00:00Z", 1),
+    // …but an envelope cannot be guessed, so a genuine one is still checked
+    // and stored: a forger sharing ClickBank's address cannot lock it out.
+    assert_eq!(
+        status(post_as(&forger, &app, "/ins", None, &real("LIMIT003")).await),
+        200
     );
-    assert_eq!(app.post_ins(real).await.0, 200);
+
+    // Another address is not touched by any of it.
+    assert_eq!(
+        status(post_as(&other, &app, "/ins", None, &forged("LIMIT004")).await),
+        403
+    );
+    assert_eq!(
+        status(post_as(&other, &app, "/ins", None, &real("LIMIT005")).await),
+        200
+    );
+    assert_eq!(
+        status(post_as(&other, &app, "/ins", None, &genuine).await),
+        200
+    );
+
+    // Behind a trusted proxy the limit is the forwarded client's.
+    for _ in 0..3 {
+        let r = post_as(
+            &proxy,
+            &app,
+            "/ins",
+            Some("198.51.100.1"),
+            &forged("LIMIT006"),
+        )
+        .await;
+        assert_eq!(status(r), 403);
+    }
+    let r = post_as(
+        &proxy,
+        &app,
+        "/ins",
+        Some("198.51.100.1"),
+        &forged("LIMIT006"),
+    )
+    .await;
+    assert_eq!(status(r), 429);
+    let r = post_as(
+        &proxy,
+        &app,
+        "/ins",
+        Some("198.51.100.2"),
+        &forged("LIMIT007"),
+    )
+    .await;
+    assert_eq!(status(r), 403, "the proxy's other clients are not limited");
+
+    // Only the failures before each limit were kept: 3 + 1 + 3 + 1.
+    let kept = async {
+        loop {
+            let rows = app.store.rejected_after(0, 1000).await.unwrap();
+            if rows.len() >= 8 {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                return app.store.rejected_after(0, 1000).await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let rows = tokio::time::timeout(std::time::Duration::from_secs(10), kept)
+        .await
+        .expect("the refused posts are kept");
+    let from = |ip: &str| {
+        rows.iter()
+            .filter(|r| r.source_ip.as_deref() == Some(ip))
+            .count()
+    };
+    assert_eq!(rows.len(), 8);
+    assert_eq!((from("127.0.0.1"), from("127.0.0.2")), (3, 1));
+    assert_eq!((from("198.51.100.1"), from("198.51.100.2")), (3, 1));
+    let text = app.scrape().await;
+    assert!(
+        text.contains(r#"kaching_notifications_total{account="",outcome="rate-limited"} 6"#),
+        "{text}"
+    );
     app.stop().await;
 }
 
@@ -135,5 +253,5 @@ on_both_backends!(
     the_allowlist_without_trusted_proxies_ignores_forwarded_headers,
     the_allowlist_behind_a_trusted_proxy_uses_the_forwarded_client,
     a_per_account_allowlist_limits_only_that_account,
-    repeated_cverify_failures_get_429_and_only_for_legacy_posts,
+    failures_past_the_limit_get_429_from_that_address_only,
 );

@@ -231,21 +231,12 @@ impl TestApp {
             let _ = rx.await;
         }));
         let tls = settings.tls.mode != TlsMode::Off;
-        let mut client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .use_rustls_tls();
-        if tls {
-            let pem = std::fs::read(settings.tls.self_signed_dir.join("cert.pem"))
-                .expect("the generated certificate");
-            client =
-                client.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"));
-        }
         let scheme = if tls { "https" } else { "http" };
         TestApp {
             base: format!("{scheme}://{addr}"),
             addr,
             admin_base: admin_addr.map(|a| format!("http://{a}")),
-            client: client.build().expect("client"),
+            client: Self::client_for(&settings, None),
             store,
             settings,
             dir,
@@ -253,6 +244,28 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
         }
+    }
+
+    /// A client that trusts the server's certificate and, given `from`,
+    /// connects from that local address (another 127.0.0.0/8 address is
+    /// another sender to the server).
+    fn client_for(settings: &Settings, from: Option<std::net::IpAddr>) -> reqwest::Client {
+        let mut client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .local_address(from)
+            .use_rustls_tls();
+        if settings.tls.mode != TlsMode::Off {
+            let pem = std::fs::read(settings.tls.self_signed_dir.join("cert.pem"))
+                .expect("the generated certificate");
+            client =
+                client.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"));
+        }
+        client.build().expect("client")
+    }
+
+    /// A client posting from `from` (e.g. 127.0.0.2) instead of 127.0.0.1.
+    pub fn client_from(&self, from: &str) -> reqwest::Client {
+        Self::client_for(&self.settings, Some(from.parse().expect("an address")))
     }
 
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
