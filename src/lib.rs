@@ -20,7 +20,7 @@ pub mod demo;
 pub mod doctor;
 pub mod http;
 pub mod ingest;
-pub mod ins;
+pub use kaching_ins as ins;
 pub mod metrics;
 pub mod privacy;
 pub mod reconcile;

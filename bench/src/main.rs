@@ -62,9 +62,9 @@ struct Args {
     /// Fraction of posts that are ClickBank retries of an earlier notification.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     duplicates: f64,
-    /// Fraction of posts encrypted under a wrong key. The daemon answers 429
-    /// to every post from an address after security.max_auth_failures_per_minute
-    /// failures: raise it in the daemon's configuration first.
+    /// Fraction of posts encrypted under a wrong key: 403, or 429 past the
+    /// daemon's security.max_failures_per_minute for this address (both fit a
+    /// forged post; genuine envelopes from the same address still get 200).
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     forged: f64,
     /// Accept any server certificate (the daemon's self-signed one).
@@ -392,7 +392,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<bool> {
         );
         if stats.status[429] > 0 {
             f.push_str(&format!(
-                "; {} were 429: the daemon's security.max_auth_failures_per_minute was reached for this address (raise it to use --forged)",
+                "; {} were 429: the daemon's security.max_failures_per_minute was reached for this address",
                 stats.status[429]
             ));
         }

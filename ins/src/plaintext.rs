@@ -44,7 +44,7 @@ struct Wire<'a> {
 }
 
 /// Decodes the plaintext JSON object `text`; `text` becomes the notification's payload.
-pub(crate) fn decode(text: String) -> Result<Notification, Reject> {
+pub fn decode(text: String) -> Result<Notification, Reject> {
     // serde would also read a struct from a JSON array: insist on an object first.
     if !text.trim_start().starts_with('{') {
         return Err(Reject::BadJson);

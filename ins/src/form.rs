@@ -17,7 +17,7 @@ pub enum BodyForm {
     /// Any other JSON object, authenticated by an HMAC header.
     PlainJson,
     /// Not a post: an order ClickBank's Orders API listed and no post had
-    /// brought, stored by reconciliation (see [`crate::reconcile`]).
+    /// brought, stored by reconciliation (`kaching::reconcile`).
     OrdersApi,
 }
 

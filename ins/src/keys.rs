@@ -18,7 +18,8 @@ impl AccountKey {
         Self { secret, aes }
     }
 
-    pub(crate) fn secret(&self) -> &str {
+    /// The secret key itself (the demo-key check, `kaching doctor`'s shape check).
+    pub fn secret(&self) -> &str {
         self.secret.expose_secret()
     }
 

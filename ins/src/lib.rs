@@ -1,6 +1,10 @@
 //! ClickBank Instant Notifications: recognise the body form from raw bytes, authenticate
 //! it against the candidate accounts' keys, decode it into a normalised [`Notification`].
 //!
+//! A crate of its own (`kaching-ins`, re-exported by the daemon as `kaching::ins`)
+//! so that it builds alone: the fuzz targets in `fuzz/` instrument it and its
+//! few dependencies, not the daemon's.
+//!
 //! Pure: no HTTP types, no I/O. Files: `form` (recognition), `envelope` (AES, v6.0+),
 //! `legacy` (form + `cverify`), `hmac` (HMAC-SHA256 mode), `plaintext` (the JSON shape),
 //! `types` (checked values), `keys` (secrets), `error` (the boundary's error).
@@ -14,6 +18,8 @@ mod legacy;
 mod plaintext;
 mod types;
 
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +29,7 @@ pub use form::{recognise, BodyForm};
 pub use hmac::hmac_hex;
 pub use keys::{AccountKey, AccountKeys};
 pub use legacy::legacy_cverify;
-pub(crate) use plaintext::decode as decode_plaintext;
+pub use plaintext::decode as decode_plaintext;
 pub use plaintext::money;
 pub use types::{AccountName, Notification, Receipt, Role, TransactionType};
 
