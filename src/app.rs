@@ -46,6 +46,9 @@ pub struct App {
     grace: Duration,
     metrics: Arc<Metrics>,
     admin: Option<AdminServer>,
+    /// `tls.mode = "acme"`: the renewal task, started once the listeners are
+    /// bound, and the `http-01` listener's address.
+    acme: Option<(http::acme::Acme, Option<std::net::SocketAddr>)>,
 }
 
 /// The admin listener's half of the app (see [`crate::admin`]).
@@ -251,8 +254,15 @@ impl App {
             ingest,
             metrics: metrics.clone(),
         });
-        let reloader = Reloader::new(settings, live, certs, metrics.clone());
+        let reloader = Reloader::new(settings, live, certs.clone(), metrics.clone());
         let router = http::router(settings, state.clone());
+        let acme = match (&certs, settings.tls.mode) {
+            (Some(certs), TlsMode::Acme) => Some((
+                http::acme::Acme::new(&settings.tls.acme, certs.clone(), metrics.clone()),
+                settings.tls.acme.http_listen,
+            )),
+            _ => None,
+        };
         let caps = http::connections::caps(settings);
         let limits = Arc::new(http::connections::Limits::new(
             settings,
@@ -277,6 +287,7 @@ impl App {
             grace: Duration::from_millis(settings.server.shutdown_timeout_ms),
             metrics,
             admin,
+            acme,
         })
     }
 
@@ -349,6 +360,27 @@ impl App {
             token,
             self.grace,
         );
+        let acme = match self.acme {
+            Some((acme, http_listen)) => {
+                if let Some(addr) = http_listen {
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on tls.acme.http_listen {addr}"))?;
+                    let router = http::acme::http_router(acme.challenges().clone());
+                    let stop = self.token.clone();
+                    tracing::info!(%addr, "acme: http-01 listener (challenges, and redirects to HTTPS)");
+                    tokio::spawn(async move {
+                        let serving = axum::serve(listener, router)
+                            .with_graceful_shutdown(async move { stop.cancelled().await });
+                        if let Err(e) = serving.await {
+                            tracing::error!(error = %e, "acme: the http-01 listener failed");
+                        }
+                    });
+                }
+                Some(tokio::spawn(acme.run(self.token.clone())))
+            }
+            None => None,
+        };
         // systemd (Type=notify): both listeners are bound, the store is
         // migrated and open. Nothing happens without $NOTIFY_SOCKET.
         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
@@ -382,6 +414,9 @@ impl App {
         let _ = tokio::time::timeout(self.grace, self.alerts).await;
         self.risk.abort();
         self.retention.abort();
+        if let Some(acme) = acme {
+            acme.abort();
+        }
         // The dispatcher saw the same token: it stopped claiming and drains itself.
         if let Err(e) = self.dispatcher.await {
             tracing::error!(error = %e, "dispatcher: ended abnormally");

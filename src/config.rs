@@ -147,6 +147,8 @@ impl Default for ServerSettings {
 pub enum TlsMode {
     SelfSigned,
     Files,
+    /// A certificate obtained and renewed by kaching itself ([`AcmeSettings`]).
+    Acme,
     Off,
 }
 
@@ -158,6 +160,7 @@ pub struct TlsSettings {
     pub key_path: Option<PathBuf>,
     /// Where `self-signed` keeps the certificate it generated on first start.
     pub self_signed_dir: PathBuf,
+    pub acme: AcmeSettings,
 }
 
 impl Default for TlsSettings {
@@ -167,6 +170,58 @@ impl Default for TlsSettings {
             cert_path: None,
             key_path: None,
             self_signed_dir: PathBuf::from("data/tls"),
+            acme: AcmeSettings::default(),
+        }
+    }
+}
+
+/// How an ACME challenge is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AcmeChallenge {
+    /// On the INS listener itself (which must be port 443 for a public CA).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// On `tls.acme.http_listen` (port 80 for a public CA).
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+/// `tls.mode = "acme"`: certificates from an ACME CA (Let's Encrypt by
+/// default), obtained at start and renewed while serving.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeSettings {
+    /// The names on the certificate (at least one).
+    pub domains: Vec<String>,
+    /// Addresses the CA may write to about the certificates (`mailto:` added when missing).
+    pub contact: Vec<String>,
+    /// The CA's directory URL: Let's Encrypt production by default; its staging
+    /// is `https://acme-staging-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// A PEM root to trust for the directory's HTTPS (a private CA such as
+    /// pebble); public CAs need none.
+    pub directory_ca_file: Option<PathBuf>,
+    /// Where the account key and the current certificate are kept.
+    pub cache_dir: PathBuf,
+    pub challenge: AcmeChallenge,
+    /// Plain HTTP listener for `http-01` (e.g. `0.0.0.0:80`); it also
+    /// redirects every other path to HTTPS. Optional with `tls-alpn-01`.
+    pub http_listen: Option<SocketAddr>,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Default for AcmeSettings {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            contact: Vec::new(),
+            directory: LETS_ENCRYPT.to_owned(),
+            directory_ca_file: None,
+            cache_dir: PathBuf::from("data/acme"),
+            challenge: AcmeChallenge::TlsAlpn01,
+            http_listen: None,
         }
     }
 }
@@ -877,6 +932,41 @@ impl Settings {
                     }
                 }
             },
+            TlsMode::Acme => {
+                let acme = &self.tls.acme;
+                if acme.domains.is_empty() {
+                    return Err(invalid(
+                        "tls.acme.domains",
+                        "is required when tls.mode = \"acme\": the names ClickBank posts to",
+                    ));
+                }
+                if let Some(bad) = acme.domains.iter().find(|d| {
+                    d.is_empty()
+                        || d.parse::<std::net::IpAddr>().is_ok()
+                        || !d
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                }) {
+                    return Err(invalid(
+                        "tls.acme.domains",
+                        format!("`{bad}` is not a DNS name (ACME certificates name hosts, not addresses)"),
+                    ));
+                }
+                if acme.challenge == AcmeChallenge::Http01 && acme.http_listen.is_none() {
+                    return Err(invalid(
+                        "tls.acme.http_listen",
+                        "is required with tls.acme.challenge = \"http-01\" (e.g. \"0.0.0.0:80\")",
+                    ));
+                }
+                if let Some(ca) = &acme.directory_ca_file {
+                    if !ca.is_file() {
+                        return Err(invalid(
+                            "tls.acme.directory_ca_file",
+                            format!("`{}` is not a readable file", ca.display()),
+                        ));
+                    }
+                }
+            }
             TlsMode::SelfSigned | TlsMode::Off => {}
         }
         let db = &self.database;

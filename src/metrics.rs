@@ -107,6 +107,9 @@ pub struct Metrics {
     connections_refused: Counter,
     connections_evicted: Counter,
     panics: Counter,
+    acme_issued: Counter,
+    acme_failures: Counter,
+    acme_expiry: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -324,9 +327,32 @@ impl Metrics {
             panics.clone(),
         );
 
+        let acme_issued = Counter::default();
+        registry.register(
+            "acme_certificates_issued",
+            "Certificates obtained from the ACME CA (tls.mode = \"acme\"), renewals included",
+            acme_issued.clone(),
+        );
+        let acme_failures = Counter::default();
+        registry.register(
+            "acme_failures",
+            "Attempts to obtain a certificate from the ACME CA that failed (retried with backoff)",
+            acme_failures.clone(),
+        );
+        let acme_expiry = Gauge::default();
+        registry.register_with_unit(
+            "acme_certificate_expiry_timestamp",
+            "When the ACME certificate in force expires, in Unix time (0: none yet)",
+            Unit::Seconds,
+            acme_expiry.clone(),
+        );
+
         Metrics {
             registry,
             reconcile,
+            acme_issued,
+            acme_failures,
+            acme_expiry,
             shed,
             connections_refused,
             connections_evicted,
@@ -453,6 +479,21 @@ impl Metrics {
 
     pub fn connection_evicted(&self) {
         self.connections_evicted.inc();
+    }
+
+    /// A certificate from the ACME CA, in force until `not_after` (Unix seconds).
+    pub fn acme_issued(&self, not_after: i64) {
+        self.acme_issued.inc();
+        self.acme_expiry(not_after);
+    }
+
+    /// The expiry of the ACME certificate in force.
+    pub fn acme_expiry(&self, not_after: i64) {
+        self.acme_expiry.set(not_after);
+    }
+
+    pub fn acme_failed(&self) {
+        self.acme_failures.inc();
     }
 
     /// A request whose handler panicked.

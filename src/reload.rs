@@ -106,6 +106,8 @@ impl Reloader {
     fn build_and_swap(&self, settings: &Settings) -> anyhow::Result<()> {
         let runtime = Runtime::build(settings)?;
         let cert = match &self.inner.certs {
+            // ACME certificates are renewed by their own task, not reloaded.
+            Some(_) if settings.tls.mode == crate::config::TlsMode::Acme => None,
             Some(_) => tls::load(&settings.tls, settings.server.listen)?,
             None => None,
         };

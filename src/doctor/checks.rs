@@ -184,6 +184,19 @@ pub fn certificate(settings: &Settings) -> Vec<Finding> {
             "self-signed",
             "fine for trying kaching; ClickBank needs a certificate from a public CA (tls.mode = \"files\")",
         )],
+        TlsMode::Acme => {
+            let path = tls.acme.cache_dir.join(crate::http::acme::CERT_FILE);
+            if path.is_file() {
+                chain(&path)
+            } else {
+                vec![Finding::bad(
+                    "certificate",
+                    Verdict::Warn,
+                    format!("no certificate in {} yet", tls.acme.cache_dir.display()),
+                    "kaching obtains one from the ACME CA at its first start (the INS listener must be reachable on port 443 for tls-alpn-01)",
+                )]
+            }
+        }
         TlsMode::Files => {
             let Some(path) = &tls.cert_path else {
                 return vec![Finding::bad("certificate", Verdict::Fail, "no tls.cert_path", "set it")];

@@ -28,7 +28,7 @@ pub async fn health(settings: &Settings, ready: bool) -> anyhow::Result<String> 
     let addr = local_address(settings.server.listen);
     let scheme = match settings.tls.mode {
         TlsMode::Off => "http",
-        TlsMode::SelfSigned | TlsMode::Files => "https",
+        TlsMode::SelfSigned | TlsMode::Files | TlsMode::Acme => "https",
     };
     let path = if ready { "readyz" } else { "healthz" };
     let url = format!("{scheme}://{addr}/{path}");

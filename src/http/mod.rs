@@ -3,6 +3,7 @@
 //! mapping of every outcome to a status. Authentication is delegated to the pure
 //! [`crate::ins`] module, storage to [`crate::store`].
 
+pub mod acme;
 mod client_ip;
 pub mod connections;
 mod error;

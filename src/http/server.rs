@@ -148,6 +148,11 @@ async fn serve_one(c: Connection) {
             let first_request = Instant::now() + limits.first_request;
             tokio::select! {
                 handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match handshake {
+                    // A CA's TLS-ALPN-01 validation: the handshake was the answer.
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(super::acme::ACME_TLS_ALPN) => {
+                        tracing::debug!(%peer, "http: answered an ACME tls-alpn-01 validation");
+                        return;
+                    }
                     Ok(Ok(tls)) => Either::Left(tls),
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "http: TLS handshake failed");

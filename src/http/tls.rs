@@ -22,14 +22,25 @@ pub const SELF_SIGNED_KEY: &str = "key.pem";
 
 /// The certificate being served, swappable: a reload (or a renewal) puts a
 /// new one in place and every new connection gets it, while connections
-/// already open keep theirs. rustls asks this on each handshake.
+/// already open keep theirs. rustls asks this on each handshake. An ACME
+/// CA's TLS-ALPN-01 validation (ALPN `acme-tls/1`) gets the challenge
+/// certificate for the name it asks for instead.
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    challenges: Arc<super::acme::Challenges>,
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == super::acme::ACME_TLS_ALPN));
+        if acme {
+            return hello
+                .server_name()
+                .and_then(|name| self.challenges.tls_alpn(name));
+        }
         Some(self.current.load_full())
     }
 }
@@ -38,6 +49,11 @@ impl CertResolver {
     /// Serves `key` to every new connection from now on.
     pub fn replace(&self, key: CertifiedKey) {
         self.current.store(Arc::new(key));
+    }
+
+    /// The ACME challenge answers this resolver serves.
+    pub fn challenges(&self) -> &Arc<super::acme::Challenges> {
+        &self.challenges
     }
 }
 
@@ -52,6 +68,7 @@ pub fn server_config(
     };
     let resolver = Arc::new(CertResolver {
         current: ArcSwap::from_pointee(key),
+        challenges: Arc::default(),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -59,10 +76,16 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if settings.mode == TlsMode::Acme {
+        // Last: chosen only by a CA's validator, which offers nothing else.
+        config
+            .alpn_protocols
+            .push(super::acme::ACME_TLS_ALPN.to_vec());
+    }
     Ok(Some((Arc::new(config), resolver)))
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -80,16 +103,22 @@ pub fn load(settings: &TlsSettings, listen: SocketAddr) -> anyhow::Result<Option
             ensure_self_signed(dir, listen)?;
             (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY))
         }
+        // The cached certificate, or a stand-in until the first is issued.
+        TlsMode::Acme => return super::acme::initial(&settings.acme).map(Some),
     };
-    let chain = CertificateDer::pem_file_iter(&cert)
+    read_pair(&cert, &key).map(Some)
+}
+
+/// A PEM chain and key from files, checked to match.
+pub(crate) fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+    let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
-    let key = PrivateKeyDer::from_pem_file(&key)
+    let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read the private key from {}", key.display()))?;
-    let certified = CertifiedKey::from_der(chain, key, &provider())
-        .context("the TLS certificate and key do not match or are unusable")?;
-    Ok(Some(certified))
+    CertifiedKey::from_der(chain, key, &provider())
+        .context("the TLS certificate and key do not match or are unusable")
 }
 
 /// Generates the self-signed certificate once; later starts reuse it so that
@@ -120,7 +149,7 @@ fn ensure_self_signed(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Writes a file readable by its owner only (a private key).
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -9,6 +9,7 @@ mod smtp;
 mod support;
 mod target;
 
+mod acme;
 mod actions;
 mod actions_email;
 mod alerts;

@@ -254,7 +254,7 @@ impl TestApp {
             .timeout(Duration::from_secs(20))
             .local_address(from)
             .use_rustls_tls();
-        if settings.tls.mode != TlsMode::Off {
+        if settings.tls.mode == TlsMode::SelfSigned {
             let pem = std::fs::read(settings.tls.self_signed_dir.join("cert.pem"))
                 .expect("the generated certificate");
             client =
