@@ -187,7 +187,7 @@ pub fn certificate(settings: &Settings) -> Vec<Finding> {
         TlsMode::Acme => {
             let path = tls.acme.cache_dir.join(crate::http::acme::CERT_FILE);
             if path.is_file() {
-                chain(&path)
+                chain(&path, &tls.acme.domains)
             } else {
                 vec![Finding::bad(
                     "certificate",
@@ -201,12 +201,32 @@ pub fn certificate(settings: &Settings) -> Vec<Finding> {
             let Some(path) = &tls.cert_path else {
                 return vec![Finding::bad("certificate", Verdict::Fail, "no tls.cert_path", "set it")];
             };
-            chain(path)
+            chain(path, &[])
         }
     }
 }
 
-fn chain(path: &Path) -> Vec<Finding> {
+/// The names of `wanted` that none of the certificate's `names` covers
+/// (exactly, or by a `*.` wildcard one label deep), case aside.
+fn uncovered<'a>(wanted: &'a [String], names: &[String]) -> Vec<&'a str> {
+    let covers = |name: &str, host: &str| {
+        let (name, host) = (name.to_ascii_lowercase(), host.to_ascii_lowercase());
+        match name.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => name == host,
+        }
+    };
+    wanted
+        .iter()
+        .filter(|host| !names.iter().any(|n| covers(n, host)))
+        .map(String::as_str)
+        .collect()
+}
+
+/// The chain at `path`; `hosts`, when given, are names it must cover.
+fn chain(path: &Path, hosts: &[String]) -> Vec<Finding> {
     use x509_parser::prelude::*;
     let pem = match std::fs::read(path) {
         Ok(p) => p,
@@ -283,6 +303,15 @@ fn chain(path: &Path) -> Vec<Finding> {
     } else {
         Finding::ok("certificate", detail)
     });
+    let missing = uncovered(hosts, &names);
+    if !missing.is_empty() {
+        out.push(Finding::bad(
+            "certificate",
+            Verdict::Fail,
+            format!("it does not name {}", missing.join(", ")),
+            "kaching orders a new certificate for tls.acme.domains at its next start; restart it",
+        ));
+    }
     let self_issued = leaf.issuer() == leaf.subject();
     let linked = certs.windows(2).all(|w| w[0].issuer() == w[1].subject());
     out.push(if self_issued {
@@ -483,4 +512,35 @@ pub async fn targets(settings: &Settings) -> Vec<Finding> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uncovered;
+
+    #[test]
+    fn names_cover_hosts_exactly_or_one_label_under_a_wildcard() {
+        let names = [
+            "ins.example.com".to_owned(),
+            "*.shop.example.com".to_owned(),
+        ];
+        let wanted: Vec<String> = [
+            "INS.example.com",
+            "a.shop.example.com",
+            "shop.example.com",
+            "a.b.shop.example.com",
+            "other.example.com",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            uncovered(&wanted, &names),
+            [
+                "shop.example.com",
+                "a.b.shop.example.com",
+                "other.example.com"
+            ]
+        );
+    }
 }

@@ -112,6 +112,35 @@ fn validity(chain: &[CertificateDer<'_>]) -> Option<(i64, i64)> {
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
+/// True when the leaf of `chain` names every one of `domains`.
+fn names_all(chain: &[CertificateDer<'_>], domains: &[String]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Some(Ok((_, cert))) = chain
+        .first()
+        .map(|l| x509_parser::parse_x509_certificate(l.as_ref()))
+    else {
+        return false;
+    };
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    domains
+        .iter()
+        .all(|d| names.contains(&d.to_ascii_lowercase()))
+}
+
 /// When a certificate valid over `(from, until)` is renewed: two thirds in.
 fn renew_at((from, until): (i64, i64)) -> i64 {
     from + (until - from) * 2 / 3
@@ -156,6 +185,11 @@ impl Acme {
             .ok()?
             .collect::<Result<Vec<_>, _>>()
             .ok()?;
+        // Cached for other names (tls.acme.domains changed): order now.
+        if !names_all(&chain, &self.settings.domains) {
+            tracing::info!(domains = ?self.settings.domains, "acme: the cached certificate does not name every domain; ordering a new one");
+            return None;
+        }
         validity(&chain)
     }
 

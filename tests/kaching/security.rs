@@ -189,35 +189,20 @@ async fn failures_past_the_limit_get_429_from_that_address_only(backend: Backend
     );
 
     // Behind a trusted proxy the limit is the forwarded client's.
+    let (proxy, app_ref) = (&proxy, &app);
+    let via_proxy = |client: &'static str, receipt: &'static str| {
+        let body = forged(receipt);
+        async move { status(post_as(proxy, app_ref, "/ins", Some(client), &body).await) }
+    };
     for _ in 0..3 {
-        let r = post_as(
-            &proxy,
-            &app,
-            "/ins",
-            Some("198.51.100.1"),
-            &forged("LIMIT006"),
-        )
-        .await;
-        assert_eq!(status(r), 403);
+        assert_eq!(via_proxy("198.51.100.1", "LIMIT006").await, 403);
     }
-    let r = post_as(
-        &proxy,
-        &app,
-        "/ins",
-        Some("198.51.100.1"),
-        &forged("LIMIT006"),
-    )
-    .await;
-    assert_eq!(status(r), 429);
-    let r = post_as(
-        &proxy,
-        &app,
-        "/ins",
-        Some("198.51.100.2"),
-        &forged("LIMIT007"),
-    )
-    .await;
-    assert_eq!(status(r), 403, "the proxy's other clients are not limited");
+    assert_eq!(via_proxy("198.51.100.1", "LIMIT006").await, 429);
+    assert_eq!(
+        via_proxy("198.51.100.2", "LIMIT007").await,
+        403,
+        "the proxy's other clients are not limited"
+    );
 
     // Only the failures before each limit were kept: 3 + 1 + 3 + 1.
     let kept = async {
